@@ -1,0 +1,254 @@
+"""Typed run configuration: YAML file + ``--set a.b=value`` overrides -> :class:`Config`.
+
+Every key is declared here with its type and default, so a typo or a wrong type is an error
+that names the key instead of a silently ignored setting. The resolved config is saved with
+every run and inside every checkpoint, from which :func:`config_from_dict` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from facetrip.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they become tensors."""
+
+    root: str = ""  #: identity-folder dataset: ``root/<identity>/<image>``
+    val_fraction: float = 0.1  #: fraction of identities held out for validation
+    min_images_per_identity: int = 2  #: identities with fewer images are dropped from training
+    image_size: int = 64  #: model input is ``image_size x image_size``
+    crop_fraction: float = 1.0  #: centre crop (fraction of the shorter side) before resizing
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    augment: bool = True  #: horizontal flip, small random crop/scale, colour jitter
+    workers: int = 0  #: DataLoader worker processes (0 = load in the main process)
+
+
+@dataclass
+class SamplerConfig:
+    """PK batches: ``p`` identities x ``k`` images each."""
+
+    p: int = 32
+    k: int = 4
+    #: batches per epoch; ``None`` = training images // (p * k), i.e. about one pass over the data
+    batches_per_epoch: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and embedding head."""
+
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    #: ``imagenet``: 7x7/2 conv + max-pool (input /4); ``small``: 3x3/1 conv, no pool (for tiny inputs)
+    stem: Literal["imagenet", "small"] = "imagenet"
+    embedding_dim: int = 128
+    head_bn: bool = True  #: BatchNorm1d after the embedding Linear
+    pretrained: Optional[str] = None  #: local weights file for the trunk (never downloaded)
+
+
+@dataclass
+class LossConfig:
+    """Triplet loss and online mining."""
+
+    mining: Literal["semihard", "semihard_all", "batch_hard", "batch_all", "all"] = "semihard"
+    margin: Optional[float] = 0.2  #: ``null`` = soft margin, softplus(d_ap - d_an)
+    distance: Literal["euclidean", "squared_euclidean", "cosine"] = "euclidean"
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (linear warm-up, then cosine to ``min_lr``)."""
+
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  #: SGD only
+    warmup_epochs: float = 1.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 10
+    device: str = "auto"  #: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``...
+    channels_last: bool = True
+    grad_clip: Optional[float] = None  #: max gradient norm; ``None`` = no clipping
+    collapse_patience: int = 50  #: steps of near-zero distances before the collapse warning
+
+
+@dataclass
+class EvalConfig:
+    """Validation during training (on the held-out identities)."""
+
+    folds: int = 10
+    pairs_per_fold: int = 300  #: half same, half different (fewer if the identities cannot supply)
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    """A whole run. ``seed`` drives every random number generator."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else tp.__name__
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    ok: bool
+    if origin is Union:
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                continue
+        ok = False
+    elif origin is Literal:
+        ok = value in typing.get_args(tp)
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, typing.get_args(tp)[0], key) for v in value]
+        ok = False
+    elif tp is type(None):
+        ok = value is None
+    elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, values: dict, prefix: str = "") -> None:
+    """Write ``values`` into the dataclass ``obj`` in place, checking keys and types."""
+    if not isinstance(values, dict):
+        raise UserError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping")
+    hints = typing.get_type_hints(type(obj))
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            known = ", ".join(hints)
+            raise UserError(f"unknown config key '{key}' (known here: {known})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, key + ".")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}``; values are parsed as YAML."""
+    tree: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return tree
+
+
+def _validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    checks = [
+        (cfg.sampler.p >= 2, "sampler.p must be >= 2 (triplets need two identities)"),
+        (cfg.sampler.k >= 2, "sampler.k must be >= 2 (triplets need two images of an identity)"),
+        (cfg.data.image_size >= 16, "data.image_size must be >= 16"),
+        (0.0 < cfg.data.crop_fraction <= 1.0, "data.crop_fraction must be in (0, 1]"),
+        (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean/std need 3 values"),
+        (all(s > 0 for s in cfg.data.std), "data.std values must be > 0"),
+        (cfg.data.workers >= 0, "data.workers must be >= 0"),
+        (cfg.model.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
+        (cfg.loss.margin is None or cfg.loss.margin >= 0, "loss.margin must be >= 0 or null"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.eval.folds >= 2, "eval.folds must be >= 2"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"invalid config: {message}")
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build a validated :class:`Config` from a (possibly partial) nested dict."""
+    cfg = Config()
+    _merge(cfg, values or {})
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file (optional), apply ``--set`` overrides, validate."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    cfg = Config()
+    _merge(cfg, values)
+    _merge(cfg, parse_overrides(overrides or []))
+    _validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (YAML/JSON/checkpoint friendly)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
