@@ -1,0 +1,70 @@
+"""PK batch sampler: every batch holds ``p`` identities x ``k`` images each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class PKSampler(torch.utils.data.Sampler[list[int]]):
+    """Yields batches of ``p * k`` dataset indices: ``k`` images of each of ``p`` identities.
+
+    Identities are drawn without replacement from a shuffled cycle over all identities, so
+    every identity appears equally often (to within one batch) across an epoch. An identity
+    with fewer than ``k`` images contributes each of its images once and the remaining slots are
+    drawn again with replacement; otherwise its ``k`` images are distinct. Within a batch the layout is identity-major: ``[id0 x k, id1 x k, ...]``.
+
+    An **epoch** is ``batches_per_epoch`` batches; by default ``len(labels) // (p * k)``
+    (at least 1), i.e. about one pass over the images. The batches depend only on
+    ``(seed, epoch)``: call :meth:`set_epoch` before iterating, as with DistributedSampler.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        p: int,
+        k: int,
+        batches_per_epoch: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        labels = np.asarray(labels)
+        self.classes, inverse = np.unique(labels, return_inverse=True)
+        if len(self.classes) < p:
+            raise ValueError(f"PK sampler needs at least p={p} identities, got {len(self.classes)}")
+        order = np.argsort(inverse, kind="stable")
+        counts = np.bincount(inverse)
+        self._members = np.split(order, np.cumsum(counts)[:-1])
+        self.p, self.k, self.seed, self.epoch = p, k, seed, 0
+        self.batches_per_epoch = batches_per_epoch or max(1, len(labels) // (p * k))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random stream of ``epoch`` (makes resumed runs draw the same batches)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n_classes = len(self.classes)
+        cycle = rng.permutation(n_classes)
+        pos = 0
+        for _ in range(self.batches_per_epoch):
+            if pos + self.p > n_classes:  # start a new cycle, never repeating an id in a batch
+                rest = cycle[pos:]
+                fresh = rng.permutation(np.setdiff1d(np.arange(n_classes), rest))
+                cycle, pos = np.concatenate([rest, fresh]), 0
+            chosen = cycle[pos : pos + self.p]
+            pos += self.p
+            batch = []
+            for c in chosen:
+                members = self._members[c]
+                if len(members) >= self.k:
+                    picks = rng.choice(members, size=self.k, replace=False)
+                else:  # every image once, the rest drawn again
+                    extra = rng.choice(members, size=self.k - len(members), replace=True)
+                    picks = np.concatenate([rng.permutation(members), extra])
+                batch.extend(picks.tolist())
+            yield batch
