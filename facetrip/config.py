@@ -8,14 +8,17 @@ every run and inside every checkpoint, from which :func:`config_from_dict` rebui
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
 from facetrip.errors import UserError
+
+_UNIONS = (Union, types.UnionType)
 
 
 @dataclass
@@ -40,7 +43,7 @@ class SamplerConfig:
     p: int = 32
     k: int = 4
     #: batches per epoch; ``None`` = training images // (p * k), i.e. about one pass over the data
-    batches_per_epoch: Optional[int] = None
+    batches_per_epoch: int | None = None
 
 
 @dataclass
@@ -48,11 +51,11 @@ class ModelConfig:
     """Backbone and embedding head."""
 
     arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    #: ``imagenet``: 7x7/2 conv + max-pool (input /4); ``small``: 3x3/1 conv, no pool (for tiny inputs)
+    #: ``imagenet``: 7x7/2 conv + max-pool (input /4); ``small``: 3x3/1 conv, no pool
     stem: Literal["imagenet", "small"] = "imagenet"
     embedding_dim: int = 128
     head_bn: bool = True  #: BatchNorm1d after the embedding Linear
-    pretrained: Optional[str] = None  #: local weights file for the trunk (never downloaded)
+    pretrained: str | None = None  #: local weights file for the trunk (never downloaded)
 
 
 @dataclass
@@ -60,7 +63,7 @@ class LossConfig:
     """Triplet loss and online mining."""
 
     mining: Literal["semihard", "semihard_all", "batch_hard", "batch_all", "all"] = "semihard"
-    margin: Optional[float] = 0.2  #: ``null`` = soft margin, softplus(d_ap - d_an)
+    margin: float | None = 0.2  #: ``null`` = soft margin, softplus(d_ap - d_an)
     distance: Literal["euclidean", "squared_euclidean", "cosine"] = "euclidean"
 
 
@@ -83,7 +86,7 @@ class TrainConfig:
     epochs: int = 10
     device: str = "auto"  #: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``...
     channels_last: bool = True
-    grad_clip: Optional[float] = None  #: max gradient norm; ``None`` = no clipping
+    grad_clip: float | None = None  #: max gradient norm; ``None`` = no clipping
     collapse_patience: int = 50  #: steps of near-zero distances before the collapse warning
 
 
@@ -115,7 +118,7 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin is Union:
+    if origin in _UNIONS:
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
@@ -126,7 +129,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise a UserError naming ``key``."""
     origin = typing.get_origin(tp)
     ok: bool
-    if origin is Union:
+    if origin in _UNIONS:
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, key)

@@ -51,7 +51,7 @@ class ImageFolderIndex:
         mask = remap[self.labels] >= 0
         return ImageFolderIndex(
             root=self.root,
-            paths=[p for p, m in zip(self.paths, mask) if m],
+            paths=[p for p, m in zip(self.paths, mask, strict=False) if m],
             labels=remap[self.labels[mask]],
             classes=[self.classes[i] for i in keep],
             skipped=list(self.skipped),
@@ -101,7 +101,7 @@ def scan_identity_folder(root: str | Path, validate: bool = True) -> ImageFolder
     labels: list[int] = []
     classes: list[str] = []
     skipped: list[SkippedFile] = []
-    identity_dirs = sorted(d for d in os.scandir(root) if d.is_dir())
+    identity_dirs = sorted((d for d in os.scandir(root) if d.is_dir()), key=lambda d: d.name)
     for entry in identity_dirs:
         found = []
         for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):

@@ -14,7 +14,8 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
     Identities are drawn without replacement from a shuffled cycle over all identities, so
     every identity appears equally often (to within one batch) across an epoch. An identity
     with fewer than ``k`` images contributes each of its images once and the remaining slots are
-    drawn again with replacement; otherwise its ``k`` images are distinct. Within a batch the layout is identity-major: ``[id0 x k, id1 x k, ...]``.
+    drawn again with replacement; otherwise its ``k`` images are distinct. Within a batch the
+    layout is identity-major: ``[id0 x k, id1 x k, ...]``.
 
     An **epoch** is ``batches_per_epoch`` batches; by default ``len(labels) // (p * k)``
     (at least 1), i.e. about one pass over the images. The batches depend only on

@@ -1,0 +1,56 @@
+import pytest
+
+from facetrip.config import Config, config_from_dict, config_to_dict, load_config, parse_overrides
+from facetrip.errors import UserError
+
+
+def test_defaults_and_overrides_are_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\nmodel:\n  embedding_dim: 64\noptim:\n  lr: 1e-3\n")
+    cfg = load_config(path, ["loss.margin=null", "data.mean=[0.1, 0.2, 0.3]", "optim.lr=0.5"])
+    assert cfg.seed == 3 and cfg.model.embedding_dim == 64
+    assert cfg.loss.margin is None and cfg.data.mean == [0.1, 0.2, 0.3]
+    assert cfg.optim.lr == 0.5 and isinstance(cfg.optim.lr, float)
+
+
+def test_int_is_accepted_where_float_is_declared():
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.embeding_dim=3", "unknown config key 'model.embeding_dim'"),
+        ("nosuch=1", "unknown config key 'nosuch'"),
+        ("model.embedding_dim=abc", "config key 'model.embedding_dim': expected int"),
+        ("model.embedding_dim=1.5", "expected int"),
+        ("train.epochs=true", "expected int"),
+        ("loss.mining=hardest", "config key 'loss.mining'"),
+        ("data=3", "config section 'data' must be a mapping"),
+        ("sampler.k=1", "sampler.k must be >= 2"),
+        ("novalue", "--set expects key=value"),
+    ],
+)
+def test_bad_keys_and_types_are_one_line_errors(override, fragment):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(None, ["model.arch=resnet34", "loss.mining=batch_hard"])
+    again = config_from_dict(config_to_dict(cfg))
+    assert again == cfg and again != Config()
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
