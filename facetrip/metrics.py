@@ -5,10 +5,10 @@ numbers (JSON-serialisable dicts) out. Nothing here prints or keeps state.
 
 Conventions used throughout:
 
-* A pair is predicted *same* iff ``distance < threshold`` (strict). Candidate thresholds lie
-  strictly between consecutive distinct distances, so equal distances are always classified
-  together (ties are consistent), plus one just below the minimum and one just above the
-  maximum distance.
+* A pair is predicted *same* iff ``distance < threshold`` (strict). Candidate thresholds are
+  the midpoints between consecutive distinct distances, so equal distances are always
+  classified together (ties are consistent), plus "reject all" (below the minimum) and
+  "accept all" (above the maximum, which also accepts larger held-out distances).
 * Scores for ROC/AUC are ``-distance``; ties are handled as in scikit-learn (a tie between a
   positive and a negative pair counts one half).
 * Nearest-neighbour ties are broken by the lower gallery index.
@@ -82,9 +82,9 @@ def _threshold_sweep(
 
     Returns:
         ``thresholds (m+1,)`` ascending, where ``m`` is the number of distinct distances:
-        just below the minimum, the midpoints between consecutive distinct distances, and just
-        above the maximum; ``tp (m+1,)`` and ``fp (m+1,)``: numbers of positive / negative pairs
-        with ``distance < threshold``.
+        ``-inf`` (reject every pair), the midpoints between consecutive distinct distances, and
+        ``+inf`` (accept every pair, also unseen larger distances); ``tp (m+1,)`` and
+        ``fp (m+1,)``: numbers of positive / negative pairs with ``distance < threshold``.
     """
     n = d_sorted.size
     group_ends = np.flatnonzero(np.diff(d_sorted) > 0) + 1  # first index of each later group
@@ -96,10 +96,17 @@ def _threshold_sweep(
     hi = d_sorted[group_ends]
     mid = lo + (hi - lo) / 2
     mid = np.where(mid > lo, mid, hi)  # adjacent floats: ``hi`` still splits the two groups
-    thresholds = np.concatenate(
-        ([np.nextafter(d_sorted[0], -np.inf)], mid, [np.nextafter(d_sorted[-1], np.inf)])
-    )
+    thresholds = np.concatenate(([-np.inf], mid, [np.inf]))
     return thresholds, tp, fp
+
+
+def _finite_threshold(threshold: float, d: np.ndarray) -> float:
+    """Replace an infinite threshold by the nearest float beyond the distances ``d``."""
+    if threshold == np.inf:
+        return float(np.nextafter(d.max(), np.inf))
+    if threshold == -np.inf:
+        return float(np.nextafter(d.min(), -np.inf))
+    return float(threshold)
 
 
 # --------------------------------------------------------------------------- ROC family
@@ -150,8 +157,9 @@ def roc_curve(
 
     Returns:
         ``{"fpr", "tpr", "thresholds"}`` lists of equal length (ascending thresholds; a pair is
-        accepted iff ``distance < threshold``). Unsubsampled, ``fpr``/``tpr`` equal
-        scikit-learn's ``roc_curve(issame, -distances, drop_intermediate=False)``.
+        accepted iff ``distance < threshold``; the end points lie just outside the
+        distances). Unsubsampled, ``fpr``/``tpr`` equal scikit-learn's
+        ``roc_curve(issame, -distances, drop_intermediate=False)``.
         ``None`` when only one class is present (the curve is undefined).
     """
     d, same = _as_pairs(distances, issame)
@@ -162,7 +170,7 @@ def roc_curve(
     return {
         "fpr": fpr[keep].tolist(),
         "tpr": tpr[keep].tolist(),
-        "thresholds": thresholds[keep].tolist(),
+        "thresholds": [_finite_threshold(t, d) for t in thresholds[keep]],
     }
 
 
@@ -270,7 +278,8 @@ def verification_metrics(
           over all candidate thresholds, the smallest among equally good ones). With a single
           fold there is nothing to hold out: the threshold is fitted on all pairs and
           ``held_out`` is False.
-        * ``threshold``: the best-accuracy threshold on all pairs (same iff ``d < threshold``).
+        * ``threshold``: the best-accuracy threshold on all pairs (same iff ``d < threshold``);
+          "accept all" / "reject all" are reported as the nearest float beyond the distances.
         * ``auc``: ROC AUC of score ``-distance`` (ties count 1/2, as scikit-learn).
         * ``eer``: equal error rate (FPR = FNR, interpolated on the ROC).
         * ``val_at_far``: ``{far: {"val", "val_std", "far"}}``: per fold, the largest threshold
@@ -296,7 +305,7 @@ def verification_metrics(
     result: dict[str, Any] = {
         "accuracy": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies)),
-        "threshold": float(thresholds[_best_accuracy_index(tp, fp, n_neg)]),
+        "threshold": _finite_threshold(thresholds[_best_accuracy_index(tp, fp, n_neg)], d),
         "auc": None,
         "eer": None,
         "val_at_far": {float(far): None for far in fars},
