@@ -95,7 +95,7 @@ class EvalConfig:
     """Validation during training (on the held-out identities)."""
 
     folds: int = 10
-    pairs_per_fold: int = 300  #: half same, half different (fewer if the identities cannot supply)
+    pairs_per_fold: int = 600  #: half same, half different, as LFW
     metric: Literal["euclidean", "cosine"] = "euclidean"
     batch_size: int = 256
 

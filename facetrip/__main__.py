@@ -1,0 +1,5 @@
+"""``python -m facetrip`` is the ``facetrip`` command."""
+
+from facetrip.cli import main
+
+main()
