@@ -1,0 +1,45 @@
+# facetrip — the commands people and CI use. `make demo` and `make test` install first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+DEMO   := runs/demo
+
+.PHONY: install demo test lint bench bench-mining bench-eval clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# Synthesise faces, train, evaluate on held-out identities (with the raw-pixel baseline),
+# export and embed. Everything lands in runs/demo/ (replaced on every run).
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/facetrip synth $(DEMO)/data/train --identities 300 --images-per-identity 20 --size 64 --seed 0
+	$(BIN)/facetrip synth $(DEMO)/data/test --identities 100 --images-per-identity 10 --size 64 --seed 1
+	$(BIN)/facetrip train --config configs/quickstart.yaml --set data.root=$(DEMO)/data/train --out $(DEMO)/run
+	$(BIN)/facetrip eval --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/data/test --baseline pixels --out $(DEMO)/eval
+	$(BIN)/facetrip export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/export/model.pt
+	$(BIN)/facetrip embed $(DEMO)/data/test --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/embeddings.npz
+	$(BIN)/python scripts/demo_summary.py $(DEMO)/eval/metrics.json
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check facetrip tests scripts
+
+bench: bench-mining bench-eval
+
+bench-mining: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python scripts/bench_mining.py --out bench_results/mining.json
+
+bench-eval: install
+	$(BIN)/python scripts/bench_eval.py --out bench_results/eval.json
+
+clean:
+	rm -rf $(VENV) runs bench_results .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,134 @@
+"""End to end through the CLI: synth -> train -> resume -> eval -> embed -> export."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from facetrip.checkpoint import load_checkpoint, model_from_checkpoint
+from facetrip.config import load_config
+from facetrip.train import train
+
+TINY = [
+    "data.image_size=32", "data.val_fraction=0.25", "sampler.p=4", "sampler.k=4",
+    "model.embedding_dim=16", "eval.pairs_per_fold=10", "eval.folds=2", "train.epochs=2",
+    "optim.lr=0.001",
+]
+
+
+def run_cli(*args, ok=True):
+    proc = subprocess.run([sys.executable, "-m", "facetrip", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _sets(items):
+    return [a for item in items for a in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    run_cli("synth", data, "--identities", 16, "--images-per-identity", 5, "--size", 32)
+    out = run_cli("train", *_sets(TINY + [f"data.root={data}"]), "--out", root / "run")
+    return root, data, out
+
+
+def test_train_writes_a_complete_run(tiny_run):
+    root, _, out = tiny_run
+    run = root / "run"
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["type"] == "step"]
+    epochs = [r for r in rows if r["type"] == "epoch"]
+    assert len(epochs) == 2 and len(steps) >= 2
+    for key in ("loss", "lr", "images_per_s", "active_fraction", "mean_d_ap", "mean_d_an"):
+        assert all(np.isfinite(r[key]) for r in steps), key
+    assert 0.0 <= epochs[-1]["val"]["accuracy"] <= 1.0
+    assert "val accuracy" in out.stdout
+
+
+def test_an_interrupted_run_resumes_exactly(tiny_run, tmp_path):
+    root, data, _ = tiny_run
+    sets = _sets(TINY + [f"data.root={data}"])
+    cfg = load_config(None, TINY + [f"data.root={data}"])
+
+    def interrupt(epoch, val):
+        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "r", on_epoch=interrupt)
+    refused = run_cli("train", *sets, "--out", tmp_path / "r", ok=False)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    changed = run_cli("train", *sets, "--set", "seed=1", "--out", tmp_path / "r", "--resume",
+                      ok=False)
+    assert changed.returncode == 2 and "changed: seed" in changed.stderr
+    run_cli("train", *sets, "--out", tmp_path / "r", "--resume")
+    a = load_checkpoint(tmp_path / "r" / "last.pt")
+    b = load_checkpoint(root / "run" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
+    for key in b["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    rows = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == len((root / "run" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_eval_embed_export_round_trip(tiny_run, tmp_path):
+    root, data, _ = tiny_run
+    ckpt = root / "run" / "best.pt"
+    run_cli("eval", "--checkpoint", ckpt, "--data", data, "--out", tmp_path / "eval",
+            "--baseline", "pixels", "--device", "cpu", "--pairs-per-fold", 20, "--folds", 4)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for m in (metrics, metrics["baselines"]["pixels"]):
+        assert 0 <= m["verification"]["accuracy"] <= 1 and "threshold" in m["verification"]
+        assert 0 <= m["verification"]["auc"] <= 1 and m["verification"]["accuracy_std"] >= 0
+        assert set(m["retrieval"]["recall_at_k"]) == {"1", "5", "10"}
+
+    run_cli("embed", data, "--checkpoint", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
+    npz = np.load(tmp_path / "e.npz")
+    assert npz["embeddings"].shape == (80, 16) and npz["embeddings"].dtype == np.float32
+    assert npz["paths"][0] == "id_00000/00.png" and npz["labels"].max() == 15
+
+    run_cli("export", "--checkpoint", ckpt, "--out", tmp_path / "m.pt")
+    sidecar = json.loads((tmp_path / "m.pt.json").read_text())
+    assert sidecar["input_size"] == 32 and sidecar["embedding_dim"] == 16
+    with warnings.catch_warnings():  # torch >= 2.9 calls TorchScript deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    model, _ = model_from_checkpoint(load_checkpoint(ckpt))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), model(x), atol=1e-5)
+    raw = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
+    assert scripted.preprocess(raw).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--set", "model.embeding_dim=3"], "unknown config key 'model.embeding_dim'"),
+        (["train", "--set", "train.epochs=many"], "config key 'train.epochs': expected int"),
+        (["train", "--set", "data.root=/nonexistent/x"], "dataset directory not found"),
+        (["eval", "--checkpoint", "/nonexistent.pt", "--data", "."], "checkpoint not found"),
+        (["synth", "/proc/x", "--identities", "0"], "identities"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(args, message):
+    proc = run_cli(*args, ok=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_empty_dataset_and_non_image_files(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("train", "--set", f"data.root={tmp_path / 'empty'}", ok=False)
+    assert proc.returncode == 2 and "no identities found" in proc.stderr
