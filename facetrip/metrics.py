@@ -412,20 +412,24 @@ def _iter_knn(
     """Yield ``(start, distances (c, k), indices (c, k))`` for consecutive query chunks.
 
     ``exclude`` is ``(N,)`` int64: the gallery index each query must not return (itself), or
-    None. Only one ``(c, M)`` block of the distance matrix exists at a time.
+    None. Only one ``(c, M)`` block of the distance matrix exists at a time; for cosine it is
+    a single buffer reused by every chunk (fresh large allocations are slow to page in).
     """
     cosine = metric == "cosine"
-    gallery_n = torch.nn.functional.normalize(gallery, dim=1) if cosine else gallery
+    to_dist = _cosine_distance if cosine else _identity
+    if cosine:
+        gallery_n = torch.nn.functional.normalize(gallery, dim=1)
+        buffer = gallery_n.new_empty(min(chunk_size, queries.shape[0]), gallery.shape[0])
     for start in range(0, queries.shape[0], chunk_size):
         q = queries[start : start + chunk_size]
-        if cosine:  # same arithmetic as pairwise_distances, without the (c, M) temporaries
-            key = torch.nn.functional.normalize(q, dim=1) @ gallery_n.T
+        if cosine:  # same arithmetic as pairwise_distances, without its (c, M) temporaries
+            key = buffer[: q.shape[0]]
+            torch.mm(torch.nn.functional.normalize(q, dim=1), gallery_n.T, out=key)
         else:
             key = pairwise_distances(q, gallery, metric)
         if exclude is not None:
             rows = torch.arange(q.shape[0], device=key.device)
             key[rows, exclude[start : start + chunk_size]] = -math.inf if cosine else math.inf
-        to_dist = _cosine_distance if cosine else _identity
         d, idx = _select_rows(key, k, largest=cosine, to_dist=to_dist)
         del key
         yield start, d, idx
@@ -470,14 +474,14 @@ def knn(
     """
     dev = torch.device(device) if device is not None else None
     q = _as_embeddings(queries, dev)
-    g = q if gallery is None else _as_embeddings(gallery, q.device)
+    g = q if gallery is None else _as_embeddings(gallery, q.device).to(q.dtype)
     if g.shape[1] != q.shape[1]:
         raise ValueError(f"queries have dim {q.shape[1]} but gallery has dim {g.shape[1]}")
     exclude = None
     if gallery is None and exclude_self:
         exclude = torch.arange(q.shape[0], device=q.device)
     _check_knn_args(metric, k, g.shape[0] - (exclude is not None), chunk_size)
-    out_d = torch.empty(q.shape[0], k, dtype=torch.float32, device=q.device)
+    out_d = torch.empty(q.shape[0], k, dtype=q.dtype, device=q.device)
     out_i = torch.empty(q.shape[0], k, dtype=torch.int64, device=q.device)
     for start, d, idx in _iter_knn(q, g, k, metric, chunk_size, exclude):
         out_d[start : start + d.shape[0]] = d
@@ -563,7 +567,8 @@ def retrieval_metrics(
     _check_knn_args(metric, k_needed, emb.shape[0] - 1, chunk_size)
     keep_t = torch.as_tensor(keep, device=emb.device)
     totals = {"recall": dict.fromkeys(ks, 0), "p1": 0, "r_precision": 0.0, "map_at_r": 0.0}
-    chunks = _iter_knn(emb[keep_t], emb, k_needed, metric, chunk_size, exclude=keep_t)
+    queries = emb if keep.size == emb.shape[0] else emb[keep_t]
+    chunks = _iter_knn(queries, emb, k_needed, metric, chunk_size, exclude=keep_t)
     for start, _, idx in chunks:
         rows = keep[start : start + idx.shape[0]]
         rel = codes[idx.cpu().numpy()] == codes[rows][:, None]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -31,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facetrip.metrics import DEFAULT_CHUNK_SIZE, retrieval_metrics, verification_metrics  # noqa: E402
 
+NOISE = 1.5  # noise norm relative to the unit class centre: same-class cosine ~ 1 / (1 + 1.5^2)
+
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MB (Linux reports KiB)."""
@@ -38,11 +41,17 @@ def peak_rss_mb() -> float:
     return usage / 1024 if sys.platform != "darwin" else usage / 2**20
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``(fn(), seconds)``."""
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``(fn(), wall seconds, CPU seconds)``; CPU time shows contention from other jobs."""
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     out = fn()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, cpu_seconds() - start_cpu
 
 
 def make_embeddings(n: int, classes: int, dim: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -50,7 +59,7 @@ def make_embeddings(n: int, classes: int, dim: int, seed: int) -> tuple[torch.Te
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randperm(n, generator=gen) % classes
     centres = torch.nn.functional.normalize(torch.randn(classes, dim, generator=gen), dim=1)
-    noise = torch.randn(n, dim, generator=gen) * (1.0 / dim**0.5)
+    noise = torch.randn(n, dim, generator=gen) * (NOISE / dim**0.5)
     emb = torch.nn.functional.normalize(centres[labels] + noise, dim=1)
     return emb, labels.numpy()
 
@@ -66,9 +75,10 @@ def make_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every benchmark step; returns the JSON record."""
     rows: list[dict[str, Any]] = []
+    load_before = list(os.getloadavg())  # other jobs on the machine inflate wall time
     emb, labels = make_embeddings(args.n, args.classes, args.dim, args.seed)
     base_mb = peak_rss_mb()
-    retrieval, seconds = timed(
+    retrieval, seconds, cpu = timed(
         lambda: retrieval_metrics(
             emb, labels, metric="cosine", chunk_size=args.chunk_size, device=args.device
         )
@@ -77,17 +87,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         {
             "step": f"retrieval_metrics N={args.n:,} C={args.classes:,} d={args.dim}",
             "seconds": seconds,
+            "cpu_seconds": cpu,
             "peak_rss_mb": peak_rss_mb(),
             "result": retrieval,
         }
     )
     for n_pairs in (6_000, 1_000_000):
         distances, issame = make_pairs(n_pairs, args.seed)
-        verification, seconds = timed(lambda d=distances, s=issame: verification_metrics(d, s))
+        verification, seconds, cpu = timed(lambda d=distances, s=issame: verification_metrics(d, s))
         rows.append(
             {
                 "step": f"verification_metrics P={n_pairs:,}",
                 "seconds": seconds,
+                "cpu_seconds": cpu,
                 "peak_rss_mb": peak_rss_mb(),
                 "result": verification,
             }
@@ -100,6 +112,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device or "cpu",
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        "load_average_before": load_before,
+        "load_average_after": list(os.getloadavg()),
         "peak_rss_mb_before": base_mb,
         "steps": rows,
     }
@@ -107,12 +121,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(record: dict[str, Any]) -> str:
     """The steps as a markdown table."""
-    lines = ["| step | wall time (s) | peak RSS (MB) |", "| --- | ---: | ---: |"]
+    lines = [
+        "| step | wall time (s) | CPU time (s) | peak RSS (MB) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for row in record["steps"]:
-        lines.append(f"| {row['step']} | {row['seconds']:.2f} | {row['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {row['step']} | {row['seconds']:.2f} | {row['cpu_seconds']:.2f} "
+            f"| {row['peak_rss_mb']:.0f} |"
+        )
     retrieval = record["steps"][0]["result"]
     recall = ", ".join(f"R@{k}={v:.4f}" for k, v in retrieval["recall_at_k"].items())
     lines.append("")
+    lines.append(f"load average (1, 5, 15 min) before: {record['load_average_before']}")
     lines.append(
         f"retrieval: {recall}, MAP@R={retrieval['map_at_r']:.4f}, "
         f"R-precision={retrieval['r_precision']:.4f}, queries={retrieval['n_queries']:,}"
