@@ -1,0 +1,434 @@
+"""The triplet loss over a batch of embeddings, with five ways of choosing the triplets.
+
+Notation: ``d_ap = dist[a, p]`` for a positive pair (same label, ``a != p``), ``d_an =
+dist[a, n]`` for a negative pair (different labels); a *valid triplet* ``(a, p, n)`` joins the
+two.  ``m`` is the margin.  The per-triplet loss is ``max(d_ap - d_an + m, 0)`` (hard margin)
+or ``softplus(d_ap - d_an)`` when ``margin=None`` (soft margin, Hermans et al. 2017).  Margin
+comparisons are evaluated as ``d_ap`` against ``d_an - m``.
+
+``mining`` chooses which terms are averaged:
+
+``"semihard"``
+    FaceNet, exactly TF-Addons ``TripletSemiHardLoss`` (with its L2 / squared-L2 / angular
+    distance matching ``euclidean`` / ``squared_euclidean`` / ``cosine``): for every positive
+    pair take the negative with the smallest ``d_an`` still ``> d_ap``, or if there is none the
+    largest ``d_an``; average the loss over the positive pairs.  A pair whose anchor has no
+    negative (a batch of a single identity) contributes no term; TF-Addons would count it.  The
+    choice ignores the margin, so the soft margin is allowed.
+``"semihard_all"``
+    Every triplet with ``d_ap < d_an < d_ap + m``; the mean of their losses, all of which are
+    positive.  This is pytorch-metric-learning's ``TripletMarginMiner(margin,
+    type_of_triplets="semihard")`` (which keeps ``0 < d_an - d_ap <= m``) followed by
+    ``TripletMarginLoss(margin)`` with its default ``AvgNonZeroReducer`` (mean of the losses
+    ``> 0``, which drops the triplets with ``d_an == d_ap + m``).  Needs a margin:
+    ``margin=None`` raises ``ValueError``.
+``"batch_hard"``
+    Per anchor, its hardest positive (largest ``d_ap``) and hardest negative (smallest
+    ``d_an``); the mean over the anchors having both (pml ``BatchHardMiner`` +
+    ``TripletMarginLoss(reducer=MeanReducer())``).
+``"batch_all"``
+    Every valid triplet; the mean over those with a non-zero loss (Hermans et al.; pml
+    ``TripletMarginLoss`` with its default reducer).  With the soft margin every term is
+    positive, so this equals ``"all"``.
+``"all"``
+    Every valid triplet; the mean over all of them.
+
+Ties between equal distances are broken towards the lowest sample index.  When no term is left
+to average, the loss is ``0`` with a zero gradient.
+
+Cost.  No ``B^3`` tensor is built.  ``semihard``, ``semihard_all``, ``batch_all`` and ``all``
+locate every negative distance among the anchor's sorted positive distances (see
+:mod:`facetrip.mining`) and take per-anchor sums, ``O(B^2 log G)`` time (``G`` the largest
+identity size) and ``O(B^2)`` memory, gradients included: with a hard margin the loss is linear
+in the distances once the triplets are chosen, so its gradient is a ``(B, B)`` matrix of
+counts.  With the soft margin, ``batch_all`` / ``all`` need ``sum_n softplus(d_ap - d_an)`` for
+every positive pair, which no prefix sum gives: it is evaluated one positive rank at a time,
+``O(B^2 G)`` time (``O(B^3)`` for a batch of few identities) but still ``O(B^2)`` memory.
+fp16 / bf16 embeddings are upcast to float32 first.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from facetrip.distances import DISTANCES, pairwise_distances
+from facetrip.mining import (
+    NegativeRanks,
+    batch_hard_in_block,
+    concat_triplets,
+    count_valid_triplets,
+    difficulty_counts,
+    rank_negatives,
+    semihard_in_block,
+    validate_batch,
+)
+
+MININGS = ("semihard", "semihard_all", "batch_hard", "batch_all", "all")
+
+STAT_NAMES = (
+    "active_fraction",
+    "mean_d_ap",
+    "mean_d_an",
+    "frac_hard",
+    "frac_semihard",
+    "frac_easy",
+    "mean_pairwise_distance",
+    "n_triplets",
+)
+
+
+def triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mining: str = "semihard",
+    margin: float | None = 0.2,
+    distance: str = "euclidean",
+) -> torch.Tensor:
+    """Triplet loss of a batch; see the module docstring for the ``mining`` modes.
+
+    Args:
+        embeddings: ``(B, D)`` float embeddings (any float dtype; fp16 / bf16 are upcast).
+        labels: ``(B,)`` integer identity labels.
+        mining: one of ``MININGS``.
+        margin: ``m >= 0``, or ``None`` for the soft margin ``softplus(d_ap - d_an)``.
+        distance: one of ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"``.
+
+    Returns:
+        The scalar loss (float32, or float64 for float64 embeddings).
+    """
+    return _loss_and_stats(embeddings, labels, mining, margin, distance, diagnose=False)[0]
+
+
+def triplet_loss_with_stats(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mining: str = "semihard",
+    margin: float | None = 0.2,
+    distance: str = "euclidean",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`triplet_loss` and diagnostics of the batch.
+
+    The diagnostics are python floats computed without autograd:
+
+    * ``active_fraction``: fraction of the mode's candidate terms with a non-zero loss (positive
+      pairs for ``semihard``, anchors for ``batch_hard``, valid triplets for ``batch_all`` /
+      ``all``; always 1 for ``semihard_all`` and for the soft margin);
+    * ``mean_d_ap``, ``mean_d_an``: mean distances over the terms the loss averages
+      (``semihard``, ``batch_hard``, ``semihard_all``, weighted per triplet); for ``batch_all``
+      / ``all``, over the positive pairs and the negative pairs belonging to a valid triplet;
+    * ``frac_hard`` (``d_an < d_ap``), ``frac_semihard`` (``d_an - m < d_ap <= d_an``),
+      ``frac_easy`` (``d_ap <= d_an - m``): fractions of all valid triplets, with ``m = 0`` for
+      the soft margin (so ``frac_semihard = 0``);
+    * ``mean_pairwise_distance``: mean off-diagonal distance;
+    * ``n_triplets``: number of terms the loss averaged.
+
+    Every statistic is 0.0 when the batch has no valid triplet.
+
+    Returns:
+        ``(loss, stats)``; arguments as :func:`triplet_loss`.
+    """
+    return _loss_and_stats(embeddings, labels, mining, margin, distance, diagnose=True)
+
+
+def _loss_and_stats(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    mining: str,
+    margin: float | None,
+    distance: str,
+    diagnose: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    _check_options(mining, margin, distance)
+    validate_batch(embeddings, labels)
+    labels = labels.to(embeddings.device)
+    if embeddings.dtype in (torch.float16, torch.bfloat16):
+        embeddings = embeddings.float()
+    dist = pairwise_distances(embeddings, distance=distance)
+    n_valid = count_valid_triplets(labels)
+    if n_valid == 0:
+        return _zero_loss(dist), dict.fromkeys(STAT_NAMES, 0.0)
+    terms, difficulty = _mode_terms(dist, labels, mining, margin, diagnose)
+    return terms.loss, _stats(dist, terms, difficulty, n_valid) if diagnose else {}
+
+
+class TripletLoss(nn.Module):
+    """Module form of :func:`triplet_loss_with_stats`, holding the options.
+
+    Args:
+        mining: one of ``MININGS``.
+        margin: ``m >= 0``, or ``None`` for the soft margin.
+        distance: one of ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"``.
+    """
+
+    def __init__(
+        self, mining: str = "semihard", margin: float | None = 0.2, distance: str = "euclidean"
+    ) -> None:
+        super().__init__()
+        _check_options(mining, margin, distance)
+        self.mining = mining
+        self.margin = margin
+        self.distance = distance
+
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(B, D)`` embeddings and ``(B,)`` labels to ``(scalar loss, stats)``."""
+        return triplet_loss_with_stats(
+            embeddings, labels, mining=self.mining, margin=self.margin, distance=self.distance
+        )
+
+    def extra_repr(self) -> str:
+        return f"mining={self.mining!r}, margin={self.margin}, distance={self.distance!r}"
+
+
+def _check_options(mining: str, margin: float | None, distance: str) -> None:
+    if mining not in MININGS:
+        raise ValueError(f"unknown mining {mining!r}; expected one of {MININGS}")
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
+    if margin is None:
+        if mining == "semihard_all":
+            raise ValueError("semihard_all selects d_ap < d_an < d_ap + margin: needs a margin")
+    elif not margin >= 0:
+        raise ValueError(f"margin must be >= 0 or None, got {margin!r}")
+
+
+class _Terms(NamedTuple):
+    """A mode's loss and what it averaged (the counts and means feed the diagnostics)."""
+
+    loss: torch.Tensor
+    n_terms: int
+    n_active: int
+    n_candidates: int
+    mean_d_ap: float
+    mean_d_an: float
+
+
+def _mode_terms(
+    dist: torch.Tensor, labels: torch.Tensor, mining: str, margin: float | None, diagnose: bool
+) -> tuple[_Terms, torch.Tensor]:
+    """The mode's terms and the ``(3,)`` hard / semi-hard / easy counts (zeros unless
+    ``diagnose``)."""
+    if mining in ("semihard", "batch_hard"):
+        return _explicit(dist, labels, mining, margin, diagnose)
+    if margin is None:
+        return _soft_all(dist, labels, diagnose)
+    return _window(dist, labels, mining, margin, diagnose)
+
+
+def _zero_loss(dist: torch.Tensor) -> torch.Tensor:
+    """A zero connected to the graph, so that ``backward`` gives a zero gradient."""
+    return dist.sum() * 0.0
+
+
+def _per_triplet(d_ap_minus_d_an: torch.Tensor, margin: float | None) -> torch.Tensor:
+    if margin is None:
+        return F.softplus(d_ap_minus_d_an)
+    return F.relu(d_ap_minus_d_an + margin)
+
+
+def _explicit(
+    dist: torch.Tensor, labels: torch.Tensor, mining: str, margin: float | None, diagnose: bool
+) -> tuple[_Terms, torch.Tensor]:
+    """``semihard`` / ``batch_hard``: mean loss over one mined triplet per pair / anchor."""
+    select = semihard_in_block if mining == "semihard" else batch_hard_in_block
+    parts, counts = [], [_no_counts(dist)]
+    with torch.no_grad():
+        for ranks in rank_negatives(dist, labels, margin or 0.0):
+            parts.append(select(ranks))
+            if diagnose:
+                counts.append(difficulty_counts(ranks))
+    a, p, n = concat_triplets(parts)
+    difficulty = torch.stack(counts).sum(dim=0)
+    if a.numel() == 0:
+        return _Terms(_zero_loss(dist), 0, 0, 0, 0.0, 0.0), difficulty
+    d_ap, d_an = dist[a, p], dist[a, n]
+    losses = _per_triplet(d_ap - d_an, margin)
+    with torch.no_grad():
+        n_active = int((losses > 0).sum())
+        means = float(d_ap.mean()), float(d_an.mean())
+    return _Terms(losses.mean(), a.numel(), n_active, a.numel(), *means), difficulty
+
+
+def _no_counts(dist: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(3, dtype=torch.int64, device=dist.device)
+
+
+def _totals(rows: list[list[torch.Tensor]], width: int) -> list[float]:
+    """Column sums, in float64, of per-block lists of ``width`` scalars (zeros if none)."""
+    if not rows:
+        return [0.0] * width
+    return torch.stack([torch.stack(r).double() for r in rows]).sum(dim=0).tolist()
+
+
+def _pair_sums(ranks: NegativeRanks) -> list[torch.Tensor]:
+    """Sum and count of ``d_ap`` and of ``d_an`` over the pairs that belong to a valid triplet."""
+    neg = ranks.negatives
+    n_neg = neg.sum(dim=1)
+    pos_d = ranks.positive_distances
+    pos_sum = torch.where(pos_d.isfinite(), pos_d, 0).sum(dim=1, dtype=torch.float64)
+    neg_sum = (ranks.distances * neg.to(ranks.distances.dtype)).sum(dim=1, dtype=torch.float64)
+    has_pos, has_neg = ranks.n_positives > 0, n_neg > 0
+    return [
+        (pos_sum * has_neg).sum(),
+        (ranks.n_positives * has_neg).sum(),
+        (neg_sum * has_pos).sum(),
+        (n_neg * has_pos).sum(),
+    ]
+
+
+def _pair_means(pairs: list[list[torch.Tensor]]) -> tuple[float, float]:
+    sum_ap, n_ap, sum_an, n_an = _totals(pairs, 4)
+    return (sum_ap / n_ap, sum_an / n_an) if n_ap and n_an else (0.0, 0.0)
+
+
+class _WindowBlock(NamedTuple):
+    weights: torch.Tensor  # (r, B): d(sum of the block's losses) / d(dist)
+    n_triplets: torch.Tensor
+    sum_d_ap: torch.Tensor
+    sum_d_an: torch.Tensor
+
+
+def _window_block(ranks: NegativeRanks, upper: torch.Tensor) -> _WindowBlock:
+    """The triplets whose positive has, for their negative, a rank in ``[n_easy, upper)``.
+
+    Those positives have ``d_ap > d_an - m``: the triplet's hinge is positive, and the loss
+    is linear in the distances.  ``upper`` is ``(r, B)`` or ``(r, 1)``.  A difference array over
+    the positive ranks (``+1`` at ``n_easy``, ``-1`` at ``upper``, then a prefix sum) counts,
+    for every positive, the negatives it forms such a triplet with.
+    """
+    d = ranks.distances
+    lower = ranks.masked(ranks.n_easy)
+    upper = ranks.masked(torch.maximum(upper.to(lower.dtype), ranks.n_easy))
+    per_negative = upper - lower
+    one = torch.ones((), dtype=torch.long, device=d.device).expand(d.shape)
+    steps = torch.zeros(d.shape[0], ranks.positive_distances.shape[1] + 1, dtype=torch.long,
+                        device=d.device)
+    steps.scatter_add_(1, lower.long(), one).scatter_add_(1, upper.long(), -one)
+    per_positive = steps.cumsum(dim=1)[:, :-1].to(d.dtype)
+    pos_d = torch.where(per_positive > 0, ranks.positive_distances, 0)
+    per_negative = per_negative.to(d.dtype)
+    weights = (-per_negative).scatter_add_(1, ranks.positive_columns, per_positive)
+    return _WindowBlock(
+        weights=weights,
+        n_triplets=per_negative.sum(dtype=torch.float64),
+        sum_d_ap=(per_positive * pos_d).sum(dtype=torch.float64),
+        sum_d_an=(per_negative * d).sum(dtype=torch.float64),
+    )
+
+
+def _window(
+    dist: torch.Tensor, labels: torch.Tensor, mining: str, margin: float, diagnose: bool
+) -> tuple[_Terms, torch.Tensor]:
+    """``semihard_all``, ``batch_all`` and ``all`` with a hard margin."""
+    semihard = mining == "semihard_all"
+    weights = torch.zeros_like(dist, requires_grad=False)
+    window, pairs, counts = [], [], [_no_counts(dist)]
+    with torch.no_grad():
+        for ranks in rank_negatives(dist, labels, margin):
+            upper = ranks.n_closer if semihard else ranks.n_positives[:, None]
+            block = _window_block(ranks, upper)
+            weights[ranks.anchors] = block.weights
+            window.append([block.n_triplets, block.sum_d_ap, block.sum_d_an])
+            if diagnose:
+                counts.append(difficulty_counts(ranks))
+                pairs.append(_pair_sums(ranks))
+    n_window, sum_ap, sum_an = _totals(window, 3)
+    n_window = round(n_window)
+    n_valid = count_valid_triplets(labels)
+    n_terms = n_valid if mining == "all" else n_window
+    if n_terms == 0:
+        loss = _zero_loss(dist)
+    else:
+        value = (sum_ap - sum_an + margin * n_window) / n_terms
+        loss = _WithGradient.apply(dist, dist.new_tensor(value), weights.div_(n_terms))
+    if not semihard:
+        means = _pair_means(pairs)
+    elif n_window:
+        means = (sum_ap / n_window, sum_an / n_window)
+    else:
+        means = (0.0, 0.0)
+    n_candidates = n_window if semihard else n_valid
+    terms = _Terms(loss, n_terms, n_window, n_candidates, *means)
+    return terms, torch.stack(counts).sum(dim=0)
+
+
+def _softplus_block(ranks: NegativeRanks) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft-margin ``(r, B)`` weights and loss sum of a block, one positive rank at a time."""
+    d = ranks.distances
+    neg = ranks.negatives.to(d.dtype)
+    pos_d = ranks.positive_distances
+    pos_d = torch.where(pos_d.isfinite(), pos_d, 0)
+    weights = torch.zeros_like(d)
+    per_positive = torch.zeros_like(pos_d)
+    loss_sum = d.new_zeros((), dtype=torch.float64)
+    for k in range(int(ranks.n_positives.max())):
+        valid = neg * (ranks.n_positives > k).to(d.dtype)[:, None]
+        x = pos_d[:, k, None] - d
+        loss_sum += (F.softplus(x) * valid).sum(dtype=torch.float64)
+        slope = torch.sigmoid(x) * valid
+        weights -= slope
+        per_positive[:, k] = slope.sum(dim=1)
+    weights.scatter_add_(1, ranks.positive_columns, per_positive)
+    return weights, loss_sum
+
+
+def _soft_all(
+    dist: torch.Tensor, labels: torch.Tensor, diagnose: bool
+) -> tuple[_Terms, torch.Tensor]:
+    """``batch_all`` / ``all`` with the soft margin: every term is positive, so both agree."""
+    weights = torch.zeros_like(dist, requires_grad=False)
+    sums, pairs, counts = [], [], [_no_counts(dist)]
+    with torch.no_grad():
+        for ranks in rank_negatives(dist, labels):
+            weights[ranks.anchors], loss_sum = _softplus_block(ranks)
+            sums.append([loss_sum])
+            if diagnose:
+                counts.append(difficulty_counts(ranks))
+                pairs.append(_pair_sums(ranks))
+    n_valid = count_valid_triplets(labels)
+    value = dist.new_tensor(_totals(sums, 1)[0] / n_valid)
+    loss = _WithGradient.apply(dist, value, weights.div_(n_valid))
+    terms = _Terms(loss, n_valid, n_valid, n_valid, *_pair_means(pairs))
+    return terms, torch.stack(counts).sum(dim=0)
+
+
+class _WithGradient(torch.autograd.Function):
+    """A scalar of ``dist`` whose value and ``(B, B)`` gradient were computed without autograd."""
+
+    @staticmethod
+    def forward(ctx, dist: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None
+
+
+def _stats(
+    dist: torch.Tensor, terms: _Terms, difficulty: torch.Tensor, n_valid: int
+) -> dict[str, float]:
+    batch = dist.shape[0]
+    with torch.no_grad():
+        mean_distance = float(dist.sum()) / (batch * (batch - 1))
+    hard, semihard, easy = (int(c) / n_valid for c in difficulty)
+    return {
+        "active_fraction": terms.n_active / terms.n_candidates if terms.n_candidates else 0.0,
+        "mean_d_ap": terms.mean_d_ap,
+        "mean_d_an": terms.mean_d_an,
+        "frac_hard": hard,
+        "frac_semihard": semihard,
+        "frac_easy": easy,
+        "mean_pairwise_distance": mean_distance,
+        "n_triplets": float(terms.n_terms),
+    }
