@@ -27,6 +27,7 @@ from facetrip.distances import DISTANCES, pairwise_distances
 
 DEFAULT_CHUNK_SIZE = 512
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
+_SELECT_BLOCK = 32  # columns per block in the two-stage top-k selection
 
 
 # --------------------------------------------------------------------------- conversions
@@ -361,6 +362,38 @@ def _stable_smallest(d: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, 
     return d, idx.gather(1, by_dist)
 
 
+def _top_candidates(key: torch.Tensor, n: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` best columns of each row: largest keys if ``largest``, else smallest.
+
+    Two stages when rows are long: the best ``n`` blocks of ``_SELECT_BLOCK`` columns by
+    their best key (a vectorised reduction), then an exact top-``n`` among the columns of
+    those blocks (and the ragged tail). Each chosen block contributes its best key, so any
+    column left out is no better than the ``n``-th candidate: the result is an exact top-``n``
+    (which of several equal keys is kept is arbitrary, as for ``torch.topk``). This avoids
+    ``torch.topk`` over the full rows, which is the slow part on CPU.
+
+    Args:
+        key: ``(c, M)``; ``n <= M``.
+
+    Returns:
+        ``(c, n)`` keys and ``(c, n)`` int64 column indices, unordered.
+    """
+    c, m = key.shape
+    n_blocks = m // _SELECT_BLOCK
+    if n_blocks < 4 * n:  # too few blocks for the first stage to pay off
+        return torch.topk(key, n, dim=1, largest=largest, sorted=False)
+    body = key[:, : n_blocks * _SELECT_BLOCK].view(c, n_blocks, _SELECT_BLOCK)
+    block_best = body.amax(2) if largest else body.amin(2)
+    blocks = torch.topk(block_best, n, dim=1, largest=largest, sorted=False).indices
+    offsets = torch.arange(_SELECT_BLOCK, device=key.device)
+    cols = (blocks[:, :, None] * _SELECT_BLOCK + offsets).view(c, -1)
+    if m > n_blocks * _SELECT_BLOCK:  # the ragged tail is always a candidate
+        tail = torch.arange(n_blocks * _SELECT_BLOCK, m, device=key.device).expand(c, -1)
+        cols = torch.cat([cols, tail], dim=1)
+    vals, pick = torch.topk(key.gather(1, cols), n, dim=1, largest=largest, sorted=False)
+    return vals, cols.gather(1, pick)
+
+
 def _select_rows(
     key: torch.Tensor, k: int, largest: bool, to_dist: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -377,7 +410,7 @@ def _select_rows(
     """
     c, m = key.shape
     n_cand = min(k + 1, m)
-    vals, idx = torch.topk(key, n_cand, dim=1, largest=largest, sorted=False)
+    vals, idx = _top_candidates(key, n_cand, largest)
     d, idx = _stable_smallest(to_dist(vals), idx)
     if n_cand == k:  # every column is a candidate: nothing outside can tie
         return d, idx

@@ -296,6 +296,21 @@ def test_knn_exact_ties_identical_for_any_chunk_size(metric: str) -> None:
         assert torch.equal(d, ref_d), chunk
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_knn_long_rows_two_stage_selection_is_exact(metric: str) -> None:
+    # 2,001 gallery columns: long enough for the blocked first stage (and a ragged tail)
+    gen = torch.Generator().manual_seed(4)
+    if metric == "cosine":
+        x = torch.randn(2001, 8, generator=gen)
+        x[1500:1600] = x[:100]  # duplicates
+    else:
+        x = torch.randint(0, 40, (2001, 2), generator=gen).float()  # many exact ties
+    ref_d, ref_i = reference_knn(x, 6, metric)
+    d, i = knn(x, k=6, metric=metric, chunk_size=300)
+    assert torch.equal(i, ref_i)
+    torch.testing.assert_close(d, ref_d, atol=1e-6, rtol=0)
+
+
 def test_knn_all_points_equal_orders_by_index() -> None:
     x = torch.ones(6, 4)
     d, i = knn(x, k=5, metric="euclidean", chunk_size=4)
