@@ -23,15 +23,17 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from facetrip.evaluate import Evaluation
 from facetrip.metrics import roc_curve
+
+if TYPE_CHECKING:  # annotations only: no import-time dependency on the eval workflow
+    from facetrip.evaluate import Evaluation
 
 THUMB_PX = 96
 FIG_DPI = 90
