@@ -125,47 +125,68 @@ def _fmt(value) -> str:
 def format_metrics_table(metrics: dict) -> str:
     """A fixed-width table of the headline metrics (model and baselines side by side)."""
     columns = {"model": metrics, **metrics.get("baselines", {})}
+    ver, ret = metrics["verification"], metrics["retrieval"]
     rows = [
         ("verification accuracy", lambda m: m["verification"]["accuracy"]),
         ("  std over folds", lambda m: m["verification"]["accuracy_std"]),
         ("  threshold", lambda m: m["verification"]["threshold"]),
         ("ROC AUC", lambda m: m["verification"]["auc"]),
-        ("EER", lambda m: m["verification"].get("eer")),
+        ("EER", lambda m: m["verification"]["eer"]),
     ]
-    for k in metrics["retrieval"]["recall_at_k"]:
+    for far in ver["tar_at_far"]:
+        rows.append((f"TAR@FAR={float(far):g}",
+                     lambda m, f=far: m["verification"]["tar_at_far"][f]))
+    for k in ret["recall_at_k"]:
         rows.append((f"Recall@{k}", lambda m, k=k: m["retrieval"]["recall_at_k"][k]))
-    rows.append(("MAP@R", lambda m: m["retrieval"].get("map_at_r")))
+    rows += [
+        ("precision@1", lambda m: m["retrieval"]["precision_at_1"]),
+        ("R-precision", lambda m: m["retrieval"]["r_precision"]),
+        ("MAP@R", lambda m: m["retrieval"]["map_at_r"]),
+    ]
     lines = [f"{'metric':<24}" + "".join(f"{name:>12}" for name in columns)]
     for label, get in rows:
         lines.append(f"{label:<24}" + "".join(f"{_fmt(get(m)):>12}" for m in columns.values()))
+    lines.append(f"{ver['n_pairs']} pairs in {ver['folds']} folds; {ret['n_queries']} queries"
+                 + (f" ({ret['n_excluded']} without another image of their identity excluded)"
+                    if ret["n_excluded"] else ""))
     return "\n".join(lines)
 
 
 @app.command("eval")
 def eval_(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint (.pt) from facetrip train.")],
-    data: Annotated[Path, typer.Option(help="Identity-folder dataset to evaluate on.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint (.pt) from facetrip train (with --data).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Identity-folder dataset to embed.")] = None,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(help="Score an npz instead: embeddings (N, D), labels (N,)[, paths]."),
+    ] = None,
     pairs: Annotated[
         Path | None, typer.Option(help="LFW-format pairs file (default: seeded pairs).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (default: <checkpoint dir>/eval).")
+        Path | None, typer.Option(help="Output folder (default: beside the input, eval/).")
     ] = None,
     baseline: Annotated[
-        str | None, typer.Option(help="Also score a baseline: 'pixels'.")
+        str | None, typer.Option(help="Also score a baseline: 'pixels' (with --data).")
     ] = None,
     metric: Annotated[str, typer.Option(help="euclidean or cosine.")] = "euclidean",
-    k: Annotated[str, typer.Option(help="Recall@k values, comma-separated.")] = "1,5,10",
+    k: Annotated[str, typer.Option(help="Recall@k values, comma-separated.")] = "1,2,4,8,16",
     flip: Annotated[bool, typer.Option(help="Average with the mirrored image.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for drawing pairs without a file.")] = 0,
     folds: Annotated[int, typer.Option(help="Folds when pairs are drawn (no --pairs).")] = 10,
     pairs_per_fold: Annotated[
         int, typer.Option(help="Pairs per drawn fold, half same, half different.")
     ] = 600,
+    report: Annotated[bool, typer.Option(help="Write report.html beside metrics.json.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Verification (10-fold) and retrieval metrics; writes metrics.json."""
-    from facetrip.evaluate import evaluate_checkpoint
+    """Verification (k-fold, LFW protocol) and retrieval metrics: metrics.json + report.html.
+
+    Either --checkpoint with --data (embeds the images), or --embeddings FILE.npz.
+    """
+    from facetrip.evaluate import evaluate_checkpoint, evaluate_npz
 
     if metric not in ("euclidean", "cosine"):
         raise UserError(f"--metric must be euclidean or cosine, got {metric!r}")
@@ -173,17 +194,30 @@ def eval_(
         ks = tuple(int(v) for v in k.split(",") if v.strip())
     except ValueError:
         raise UserError(f"--k expects comma-separated integers, got {k!r}") from None
-    with tqdm(desc="embed", unit="img", delay=0.5) as bar:
-        metrics = evaluate_checkpoint(checkpoint, data, pairs, metric, ks, flip, baseline,
-                                      _device(device), seed, folds, pairs_per_fold,
-                                      progress=bar.update)
-    out = out or checkpoint.parent / "eval"
+    with_images = checkpoint is not None and data is not None
+    if with_images == (embeddings is not None) or (checkpoint is None) != (data is None):
+        raise UserError("give either --checkpoint and --data, or --embeddings")
+    if embeddings is not None:
+        if baseline or flip:
+            raise UserError("--baseline and --flip need images: use --checkpoint and --data")
+        result = evaluate_npz(embeddings, pairs, metric, ks, seed, folds, pairs_per_fold)
+        out = out or embeddings.with_suffix("").parent / "eval"
+    else:
+        with tqdm(desc="embed", unit="img", delay=0.5) as bar:
+            result = evaluate_checkpoint(checkpoint, data, pairs, metric, ks, flip, baseline,
+                                         _device(device), seed, folds, pairs_per_fold,
+                                         progress=bar.update)
+        out = out or checkpoint.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if metrics["skipped"]:
-        typer.echo(f"warning: skipped {len(metrics['skipped'])} unreadable files", err=True)
-    typer.echo(format_metrics_table(metrics))
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+    if result.metrics["skipped"]:
+        typer.echo(f"warning: skipped {len(result.metrics['skipped'])} unreadable files", err=True)
+    typer.echo(format_metrics_table(result.metrics))
     typer.echo(f"metrics written to {out / 'metrics.json'}")
+    if report:
+        from facetrip.report import write_report
+
+        typer.echo(f"report written to {write_report(result, out / 'report.html')}")
 
 
 @app.command()

@@ -212,6 +212,8 @@ def _validate(cfg: Config) -> None:
         (cfg.data.workers >= 0, "data.workers must be >= 0"),
         (cfg.model.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
         (cfg.loss.margin is None or cfg.loss.margin >= 0, "loss.margin must be >= 0 or null"),
+        (cfg.loss.margin is not None or cfg.loss.mining != "semihard_all",
+         "loss.mining=semihard_all needs a margin (its window is d_ap < d_an < d_ap + margin)"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.eval.folds >= 2, "eval.folds must be >= 2"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from facetrip.data.folder import ImageFolderIndex, scan_identity_folder
 from facetrip.data.transforms import build_transform
 from facetrip.engine import embed_images
 from facetrip.errors import UserError
-from facetrip.metrics import retrieval_metrics, verification_metrics
+from facetrip.metrics import knn, retrieval_metrics, verification_metrics
 from facetrip.pairs import PairIndexList, generate_pairs, read_pairs, resolve_pairs
 
 
@@ -24,14 +25,27 @@ def load_pairs(
 ) -> PairIndexList:
     """Pairs from an LFW-format file (folds as given) or drawn from ``index`` with ``seed``."""
     if pairs_file is not None:
-        pairs = read_pairs(pairs_file)
-        idx1, idx2 = resolve_pairs(pairs, index.paths)
-        return PairIndexList(idx1, idx2, pairs.issame, pairs.fold)
+        return pairs_from_file(pairs_file, index.paths)
+    return _draw_pairs(index.labels, folds, pairs_per_fold, seed, str(index.root))
+
+
+def pairs_from_file(pairs_file: str | Path, paths: list[str]) -> PairIndexList:
+    """Read an LFW-format pairs file and resolve it against item ``paths`` (UserError if not)."""
     try:
-        return generate_pairs(index.labels, n_folds=folds, pairs_per_fold=pairs_per_fold,
-                              seed=seed)
+        pairs = read_pairs(pairs_file)
+        idx1, idx2 = resolve_pairs(pairs, paths)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"pairs file {pairs_file}: {exc}") from None
+    return PairIndexList(idx1, idx2, pairs.issame, pairs.fold)
+
+
+def _draw_pairs(
+    labels: np.ndarray, folds: int, pairs_per_fold: int, seed: int, where: str
+) -> PairIndexList:
+    try:
+        return generate_pairs(labels, n_folds=folds, pairs_per_fold=pairs_per_fold, seed=seed)
     except ValueError as exc:
-        msg = f"{index.root}: cannot draw {folds} folds x {pairs_per_fold} pairs: {exc}"
+        msg = f"{where}: cannot draw {folds} folds x {pairs_per_fold} pairs: {exc}"
         raise UserError(msg) from None
 
 
@@ -44,14 +58,40 @@ def pair_distances(emb: np.ndarray, pairs: PairIndexList, metric: str) -> np.nda
     return (a - b).norm(dim=1).numpy()
 
 
+@dataclass
+class Evaluation:
+    """Everything ``facetrip eval`` computed: the ``metrics.json`` content and the arrays the
+    report draws from."""
+
+    metrics: dict
+    distances: np.ndarray  #: (P,) pair distances
+    pairs: PairIndexList
+    labels: np.ndarray  #: (N,) identity of each item
+    top1: np.ndarray  #: (N,) index of each item's nearest other item
+    paths: list[str] | None = None  #: (N,) item paths relative to ``root``
+    root: Path | None = None
+    run_dir: Path | None = None  #: the training run of the checkpoint, when known
+
+
 def score_embeddings(
     emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, metric: str, ks: Sequence[int]
-) -> dict:
-    """``{"verification": ..., "retrieval": ...}`` for embeddings ``emb`` (N, D)."""
-    verification = verification_metrics(pair_distances(emb, pairs, metric), pairs.issame,
-                                         folds=pairs.fold)
+) -> tuple[dict, np.ndarray]:
+    """``({"verification": ..., "retrieval": ...}, pair distances (P,))`` for ``emb`` (N, D)."""
+    distances = pair_distances(emb, pairs, metric)
+    verification = verification_metrics(distances, pairs.issame, folds=pairs.fold)
     retrieval = retrieval_metrics(emb, labels, ks=tuple(ks), metric=metric)
-    return {"verification": verification, "retrieval": retrieval}
+    return {"verification": verification, "retrieval": retrieval}, distances
+
+
+def _evaluation(
+    emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, metric: str, ks: Sequence[int],
+    **context,
+) -> Evaluation:
+    if max(ks) >= len(emb) or min(ks) < 1:
+        raise UserError(f"Recall@k needs 1 <= k < {len(emb)} (the number of items), got {ks}")
+    metrics, distances = score_embeddings(emb, labels, pairs, metric, ks)
+    _, top1 = knn(emb, k=1, metric=metric) if len(emb) > 1 else (None, np.zeros((1, 1)))
+    return Evaluation(metrics, distances, pairs, labels, np.asarray(top1)[:, 0], **context)
 
 
 def embed_index(
@@ -104,12 +144,12 @@ def evaluate_checkpoint(
     folds: int = 10,
     pairs_per_fold: int = 600,
     progress: Callable[[int], None] | None = None,
-) -> dict:
+) -> Evaluation:
     """Embed ``data_dir`` with the checkpoint's model and preprocessing, then score it.
 
-    Returns the ``metrics.json`` content: ``verification``, ``retrieval``, ``baselines``
-    (``{"pixels": {...}}`` when ``baseline == "pixels"``) and provenance (``dataset``,
-    ``checkpoint``, ``config``, ``skipped``).
+    ``metrics`` holds ``verification``, ``retrieval``, ``baselines`` (``{"pixels": {...}}``
+    when ``baseline == "pixels"``) and provenance (``dataset``, ``checkpoint``, ``config``,
+    ``skipped``, ``options``).
     """
     if baseline not in (None, "pixels"):
         raise UserError(f"unknown baseline {baseline!r}; the only baseline is 'pixels'")
@@ -121,11 +161,15 @@ def evaluate_checkpoint(
     index = scan_identity_folder(data_dir)
     pairs = load_pairs(index, pairs_file, folds, pairs_per_fold, seed)
     emb = embed_index(model, index, transform, device, flip=flip, progress=progress)
-    result = score_embeddings(emb, index.labels, pairs, metric, ks)
+    run_dir = Path(checkpoint).parent
+    result = _evaluation(emb, index.labels, pairs, metric, ks, paths=index.paths,
+                         root=Path(data_dir),
+                         run_dir=run_dir if (run_dir / "metrics.jsonl").is_file() else None)
     if baseline == "pixels":
-        result["baselines"] = {"pixels": score_embeddings(
-            pixel_embeddings(index, transform), index.labels, pairs, metric, ks)}
-    result.update(
+        pixels = pixel_embeddings(index, transform)
+        result.metrics["baselines"] = {"pixels": score_embeddings(
+            pixels, index.labels, pairs, metric, ks)[0]}
+    result.metrics.update(
         dataset={"root": str(data_dir), "images": len(index), "identities": len(index.classes),
                  "pairs_file": str(pairs_file) if pairs_file else None},
         checkpoint=str(checkpoint),
@@ -135,3 +179,50 @@ def evaluate_checkpoint(
     )
     return result
 
+
+def evaluate_npz(
+    embeddings_file: str | Path,
+    pairs_file: str | Path | None = None,
+    metric: str = "euclidean",
+    ks: Sequence[int] = (1, 5, 10),
+    seed: int = 0,
+    folds: int = 10,
+    pairs_per_fold: int = 600,
+    images_root: str | Path | None = None,
+) -> Evaluation:
+    """Score embeddings from any model: an npz with ``embeddings`` (N, D) and ``labels`` (N,),
+    and optionally ``paths`` (N,), against which an LFW pairs file resolves.
+
+    ``images_root`` (optional) is where ``paths`` point, for the report's image grids.
+    """
+    path = Path(embeddings_file)
+    if not path.is_file():
+        raise UserError(f"embeddings file not found: {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        emb, labels = np.asarray(npz["embeddings"], np.float32), np.asarray(npz["labels"])
+        paths = [str(p) for p in npz["paths"]] if "paths" in npz else None
+    except KeyError as exc:
+        raise UserError(f"{path} lacks the array {exc}; need 'embeddings' and 'labels'") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path} as npz: {exc}") from None
+    if emb.ndim != 2 or labels.shape != (len(emb),):
+        raise UserError(f"{path}: embeddings must be (N, D) and labels (N,), got "
+                        f"{emb.shape} and {labels.shape}")
+    labels = np.unique(labels, return_inverse=True)[1].astype(np.int64)
+    if pairs_file is not None:
+        if paths is None:
+            raise UserError(f"{path} has no 'paths' array, so a pairs file cannot resolve")
+        pairs = pairs_from_file(pairs_file, paths)
+    else:
+        pairs = _draw_pairs(labels, folds, pairs_per_fold, seed, str(path))
+    result = _evaluation(emb, labels, pairs, metric, ks, paths=paths,
+                         root=Path(images_root) if images_root else None)
+    result.metrics.update(
+        dataset={"embeddings": str(path), "items": len(emb),
+                 "identities": int(labels.max()) + 1 if len(labels) else 0,
+                 "pairs_file": str(pairs_file) if pairs_file else None},
+        checkpoint=None, config=None, skipped=[],
+        options={"metric": metric, "flip": False, "ks": list(ks), "seed": seed},
+    )
+    return result

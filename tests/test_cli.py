@@ -90,7 +90,7 @@ def test_eval_embed_export_round_trip(tiny_run, tmp_path):
     for m in (metrics, metrics["baselines"]["pixels"]):
         assert 0 <= m["verification"]["accuracy"] <= 1 and "threshold" in m["verification"]
         assert 0 <= m["verification"]["auc"] <= 1 and m["verification"]["accuracy_std"] >= 0
-        assert set(m["retrieval"]["recall_at_k"]) == {"1", "5", "10"}
+        assert set(m["retrieval"]["recall_at_k"]) == {"1", "2", "4", "8", "16"}
 
     run_cli("embed", data, "--checkpoint", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
     npz = np.load(tmp_path / "e.npz")
@@ -109,6 +109,22 @@ def test_eval_embed_export_round_trip(tiny_run, tmp_path):
         assert torch.allclose(scripted(x), model(x), atol=1e-5)
     raw = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
     assert scripted.preprocess(raw).shape == (2, 3, 32, 32)
+
+
+def test_eval_scores_an_embeddings_file(tiny_run, tmp_path):
+    root, data, _ = tiny_run
+    ckpt = root / "run" / "best.pt"
+    run_cli("embed", data, "--checkpoint", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
+    run_cli("eval", "--embeddings", tmp_path / "e.npz", "--out", tmp_path / "ev",
+            "--pairs-per-fold", 20, "--folds", 4, "--k", "1,3", "--no-report")
+    from_npz = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    run_cli("eval", "--checkpoint", ckpt, "--data", data, "--out", tmp_path / "ec",
+            "--pairs-per-fold", 20, "--folds", 4, "--k", "1,3", "--no-report", "--device", "cpu")
+    from_images = json.loads((tmp_path / "ec" / "metrics.json").read_text())
+    assert from_npz["verification"] == pytest.approx(from_images["verification"], abs=1e-5)
+    assert from_npz["retrieval"] == pytest.approx(from_images["retrieval"], abs=1e-5)
+    bad = run_cli("eval", "--embeddings", tmp_path / "e.npz", "--checkpoint", ckpt, ok=False)
+    assert bad.returncode == 2 and "either --checkpoint and --data, or --embeddings" in bad.stderr
 
 
 @pytest.mark.parametrize(
