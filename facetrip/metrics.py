@@ -503,7 +503,10 @@ def knn(
     Returns:
         ``distances (N, k)`` ascending and ``indices (N, k)`` int64 into the gallery, on
         ``device``. Equal distances are ordered by lower gallery index, so the result does not
-        depend on ``chunk_size`` (given bit-identical matrix products per row).
+        depend on ``chunk_size`` as long as the matrix product gives the same bits for a row
+        whatever the chunk shape; CPU BLAS may round the last bit differently for different
+        shapes, so only exactly representable products (e.g. integer embeddings) are
+        guaranteed bit-identical, others agree to ~1 ulp.
     """
     dev = torch.device(device) if device is not None else None
     q = _as_embeddings(queries, dev)
