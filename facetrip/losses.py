@@ -33,18 +33,23 @@ comparisons are evaluated as ``d_ap`` against ``d_an - m``.
 ``"all"``
     Every valid triplet; the mean over all of them.
 
-Ties between equal distances are broken towards the lowest sample index.  When no term is left
-to average, the loss is ``0`` with a zero gradient.
+Ties between equal distances are broken towards the lowest sample index (TF-Addons splits the
+gradient between tied negatives instead; values agree).  When no term is left to average, the
+loss is ``0`` with a zero gradient.
 
-Cost.  No ``B^3`` tensor is built.  ``semihard``, ``semihard_all``, ``batch_all`` and ``all``
-locate every negative distance among the anchor's sorted positive distances (see
-:mod:`facetrip.mining`) and take per-anchor sums, ``O(B^2 log G)`` time (``G`` the largest
-identity size) and ``O(B^2)`` memory, gradients included: with a hard margin the loss is linear
-in the distances once the triplets are chosen, so its gradient is a ``(B, B)`` matrix of
-counts.  With the soft margin, ``batch_all`` / ``all`` need ``sum_n softplus(d_ap - d_an)`` for
-every positive pair, which no prefix sum gives: it is evaluated one positive rank at a time,
-``O(B^2 G)`` time (``O(B^3)`` for a batch of few identities) but still ``O(B^2)`` memory.
-fp16 / bf16 embeddings are upcast to float32 first.
+Cost.  No ``B^3`` tensor is built and no Python loop runs over anchors.  Each anchor's ``G``
+positive distances (``G`` = largest identity size - 1) are sorted, and every negative distance
+is located among them (:mod:`facetrip.mining`): for every negative pair that gives how many
+positives form an easy / semi-hard / hard triplet with it, in ``O(B^2 log G)`` time, anchors
+being processed in blocks of rows.  ``semihard_all``, ``batch_all`` and ``all`` then need, per
+negative, the number of positives in a rank window and, per positive, the number of negatives
+whose window holds it (a difference array and a prefix sum over the ranks).  With a hard margin
+the loss is linear in the distances once the triplets are chosen, so these counts are its
+exact gradient with respect to the ``(B, B)`` distance matrix: memory is ``O(B^2)``, gradients
+included.  With the soft margin ``batch_all`` / ``all`` need ``sum_n softplus(d_ap - d_an)``
+for every positive pair, which no prefix sum gives: it is evaluated one positive rank at a
+time, ``O(B^2 G)`` time (``O(B^3)`` for a batch of few identities) and still ``O(B^2)``
+memory.  Everything is computed in float32 at least: fp16 / bf16 embeddings are upcast first.
 """
 
 from __future__ import annotations
@@ -234,19 +239,22 @@ def _per_triplet(d_ap_minus_d_an: torch.Tensor, margin: float | None) -> torch.T
     return F.relu(d_ap_minus_d_an + margin)
 
 
+def _no_counts(dist: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(3, dtype=torch.int64, device=dist.device)
+
+
 def _explicit(
     dist: torch.Tensor, labels: torch.Tensor, mining: str, margin: float | None, diagnose: bool
 ) -> tuple[_Terms, torch.Tensor]:
     """``semihard`` / ``batch_hard``: mean loss over one mined triplet per pair / anchor."""
     select = semihard_in_block if mining == "semihard" else batch_hard_in_block
-    parts, counts = [], [_no_counts(dist)]
+    parts, difficulty = [], _no_counts(dist)
     with torch.no_grad():
         for ranks in rank_negatives(dist, labels, margin or 0.0):
             parts.append(select(ranks))
             if diagnose:
-                counts.append(difficulty_counts(ranks))
+                difficulty += difficulty_counts(ranks)
     a, p, n = concat_triplets(parts)
-    difficulty = torch.stack(counts).sum(dim=0)
     if a.numel() == 0:
         return _Terms(_zero_loss(dist), 0, 0, 0, 0.0, 0.0), difficulty
     d_ap, d_an = dist[a, p], dist[a, n]
@@ -257,15 +265,21 @@ def _explicit(
     return _Terms(losses.mean(), a.numel(), n_active, a.numel(), *means), difficulty
 
 
-def _no_counts(dist: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(3, dtype=torch.int64, device=dist.device)
+class _Running:
+    """Float64 running sums of a few per-block scalars, updated in place on the device.
 
+    (Keeping a list of per-block scalars instead would pin small allocations between the
+    blocks' temporaries and make the CPU heap grow.)
+    """
 
-def _totals(rows: list[list[torch.Tensor]], width: int) -> list[float]:
-    """Column sums, in float64, of per-block lists of ``width`` scalars (zeros if none)."""
-    if not rows:
-        return [0.0] * width
-    return torch.stack([torch.stack(r).double() for r in rows]).sum(dim=0).tolist()
+    def __init__(self, width: int, device: torch.device) -> None:
+        self.sums = torch.zeros(width, dtype=torch.float64, device=device)
+
+    def add(self, *values: torch.Tensor) -> None:
+        self.sums += torch.stack([v.double() for v in values])
+
+    def values(self) -> list[float]:
+        return self.sums.tolist()
 
 
 def _pair_sums(ranks: NegativeRanks) -> list[torch.Tensor]:
@@ -284,44 +298,46 @@ def _pair_sums(ranks: NegativeRanks) -> list[torch.Tensor]:
     ]
 
 
-def _pair_means(pairs: list[list[torch.Tensor]]) -> tuple[float, float]:
-    sum_ap, n_ap, sum_an, n_an = _totals(pairs, 4)
+def _pair_means(pairs: _Running) -> tuple[float, float]:
+    sum_ap, n_ap, sum_an, n_an = pairs.values()
     return (sum_ap / n_ap, sum_an / n_an) if n_ap and n_an else (0.0, 0.0)
 
 
-class _WindowBlock(NamedTuple):
-    weights: torch.Tensor  # (r, B): d(sum of the block's losses) / d(dist)
-    n_triplets: torch.Tensor
-    sum_d_ap: torch.Tensor
-    sum_d_an: torch.Tensor
-
-
-def _window_block(ranks: NegativeRanks, upper: torch.Tensor) -> _WindowBlock:
+def _window_block(
+    ranks: NegativeRanks, upper: torch.Tensor, weights: torch.Tensor
+) -> list[torch.Tensor]:
     """The triplets whose positive has, for their negative, a rank in ``[n_easy, upper)``.
 
     Those positives have ``d_ap > d_an - m``: the triplet's hinge is positive, and the loss
     is linear in the distances.  ``upper`` is ``(r, B)`` or ``(r, 1)``.  A difference array over
     the positive ranks (``+1`` at ``n_easy``, ``-1`` at ``upper``, then a prefix sum) counts,
     for every positive, the negatives it forms such a triplet with.
+
+    Writes ``d(sum of the block's hinges) / d(distances)`` into the ``(r, B)`` ``weights`` and
+    returns the number of triplets, the sum of their ``d_ap`` and of their ``d_an``.
     """
     d = ranks.distances
     lower = ranks.masked(ranks.n_easy)
     upper = ranks.masked(torch.maximum(upper.to(lower.dtype), ranks.n_easy))
-    per_negative = upper - lower
-    one = torch.ones((), dtype=torch.long, device=d.device).expand(d.shape)
-    steps = torch.zeros(d.shape[0], ranks.positive_distances.shape[1] + 1, dtype=torch.long,
-                        device=d.device)
-    steps.scatter_add_(1, lower.long(), one).scatter_add_(1, upper.long(), -one)
+    shape = (d.shape[0], ranks.positive_distances.shape[1] + 1)
+    steps = torch.zeros(shape, dtype=torch.long, device=d.device)
+    steps.scatter_add_(1, lower.long(), _constant(1, d))
+    steps.scatter_add_(1, upper.long(), _constant(-1, d))
     per_positive = steps.cumsum(dim=1)[:, :-1].to(d.dtype)
     pos_d = torch.where(per_positive > 0, ranks.positive_distances, 0)
-    per_negative = per_negative.to(d.dtype)
-    weights = (-per_negative).scatter_add_(1, ranks.positive_columns, per_positive)
-    return _WindowBlock(
-        weights=weights,
-        n_triplets=per_negative.sum(dtype=torch.float64),
-        sum_d_ap=(per_positive * pos_d).sum(dtype=torch.float64),
-        sum_d_an=(per_negative * d).sum(dtype=torch.float64),
-    )
+    weights.copy_(upper - lower).neg_()  # minus the number of triplets of each negative
+    sums = [
+        -weights.sum(dtype=torch.float64),
+        (per_positive * pos_d).sum(dtype=torch.float64),
+        -(weights * d).sum(dtype=torch.float64),
+    ]
+    weights.scatter_add_(1, ranks.positive_columns, per_positive)
+    return sums
+
+
+def _constant(value: int, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as an int64 tensor broadcast to the shape of ``like`` (no memory)."""
+    return torch.full((), value, dtype=torch.long, device=like.device).expand(like.shape)
 
 
 def _window(
@@ -329,18 +345,17 @@ def _window(
 ) -> tuple[_Terms, torch.Tensor]:
     """``semihard_all``, ``batch_all`` and ``all`` with a hard margin."""
     semihard = mining == "semihard_all"
-    weights = torch.zeros_like(dist, requires_grad=False)
-    window, pairs, counts = [], [], [_no_counts(dist)]
+    weights = torch.empty_like(dist, requires_grad=False)  # every row is written below
+    window, pairs = _Running(3, dist.device), _Running(4, dist.device)
+    difficulty = _no_counts(dist)
     with torch.no_grad():
         for ranks in rank_negatives(dist, labels, margin):
             upper = ranks.n_closer if semihard else ranks.n_positives[:, None]
-            block = _window_block(ranks, upper)
-            weights[ranks.anchors] = block.weights
-            window.append([block.n_triplets, block.sum_d_ap, block.sum_d_an])
+            window.add(*_window_block(ranks, upper, weights[ranks.anchors]))
             if diagnose:
-                counts.append(difficulty_counts(ranks))
-                pairs.append(_pair_sums(ranks))
-    n_window, sum_ap, sum_an = _totals(window, 3)
+                difficulty += difficulty_counts(ranks)
+                pairs.add(*_pair_sums(ranks))
+    n_window, sum_ap, sum_an = window.values()
     n_window = round(n_window)
     n_valid = count_valid_triplets(labels)
     n_terms = n_valid if mining == "all" else n_window
@@ -356,17 +371,17 @@ def _window(
     else:
         means = (0.0, 0.0)
     n_candidates = n_window if semihard else n_valid
-    terms = _Terms(loss, n_terms, n_window, n_candidates, *means)
-    return terms, torch.stack(counts).sum(dim=0)
+    return _Terms(loss, n_terms, n_window, n_candidates, *means), difficulty
 
 
-def _softplus_block(ranks: NegativeRanks) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft-margin ``(r, B)`` weights and loss sum of a block, one positive rank at a time."""
+def _softplus_block(ranks: NegativeRanks, weights: torch.Tensor) -> torch.Tensor:
+    """Soft-margin loss sum of a block, one positive rank at a time; its gradient w.r.t. the
+    block's distances goes to the ``(r, B)`` ``weights``."""
     d = ranks.distances
     neg = ranks.negatives.to(d.dtype)
     pos_d = ranks.positive_distances
     pos_d = torch.where(pos_d.isfinite(), pos_d, 0)
-    weights = torch.zeros_like(d)
+    weights.zero_()
     per_positive = torch.zeros_like(pos_d)
     loss_sum = d.new_zeros((), dtype=torch.float64)
     for k in range(int(ranks.n_positives.max())):
@@ -377,27 +392,25 @@ def _softplus_block(ranks: NegativeRanks) -> tuple[torch.Tensor, torch.Tensor]:
         weights -= slope
         per_positive[:, k] = slope.sum(dim=1)
     weights.scatter_add_(1, ranks.positive_columns, per_positive)
-    return weights, loss_sum
+    return loss_sum
 
 
 def _soft_all(
     dist: torch.Tensor, labels: torch.Tensor, diagnose: bool
 ) -> tuple[_Terms, torch.Tensor]:
     """``batch_all`` / ``all`` with the soft margin: every term is positive, so both agree."""
-    weights = torch.zeros_like(dist, requires_grad=False)
-    sums, pairs, counts = [], [], [_no_counts(dist)]
+    weights = torch.empty_like(dist, requires_grad=False)  # every row is written below
+    total, pairs, difficulty = _Running(1, dist.device), _Running(4, dist.device), _no_counts(dist)
     with torch.no_grad():
         for ranks in rank_negatives(dist, labels):
-            weights[ranks.anchors], loss_sum = _softplus_block(ranks)
-            sums.append([loss_sum])
+            total.add(_softplus_block(ranks, weights[ranks.anchors]))
             if diagnose:
-                counts.append(difficulty_counts(ranks))
-                pairs.append(_pair_sums(ranks))
+                difficulty += difficulty_counts(ranks)
+                pairs.add(*_pair_sums(ranks))
     n_valid = count_valid_triplets(labels)
-    value = dist.new_tensor(_totals(sums, 1)[0] / n_valid)
+    value = dist.new_tensor(total.values()[0] / n_valid)
     loss = _WithGradient.apply(dist, value, weights.div_(n_valid))
-    terms = _Terms(loss, n_valid, n_valid, n_valid, *_pair_means(pairs))
-    return terms, torch.stack(counts).sum(dim=0)
+    return _Terms(loss, n_valid, n_valid, n_valid, *_pair_means(pairs)), difficulty
 
 
 class _WithGradient(torch.autograd.Function):
@@ -420,7 +433,7 @@ def _stats(
 ) -> dict[str, float]:
     batch = dist.shape[0]
     with torch.no_grad():
-        mean_distance = float(dist.sum()) / (batch * (batch - 1))
+        mean_distance = float(dist.sum(dtype=torch.float64)) / (batch * (batch - 1))
     hard, semihard, easy = (int(c) / n_valid for c in difficulty)
     return {
         "active_fraction": terms.n_active / terms.n_candidates if terms.n_candidates else 0.0,
