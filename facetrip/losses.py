@@ -257,7 +257,8 @@ def _explicit(
     a, p, n = concat_triplets(parts)
     if a.numel() == 0:
         return _Terms(_zero_loss(dist), 0, 0, 0, 0.0, 0.0), difficulty
-    d_ap, d_an = dist[a, p], dist[a, n]
+    # One gather for both distances: its backward allocates one (B, B) gradient, not two.
+    d_ap, d_an = dist[torch.cat([a, a]), torch.cat([p, n])].split(a.numel())
     losses = _per_triplet(d_ap - d_an, margin)
     with torch.no_grad():
         n_active = int((losses > 0).sum())

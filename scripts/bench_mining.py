@@ -237,20 +237,18 @@ def run_child(target: Any, job: dict) -> dict:
     child = context.Process(target=target, args=(job, sender))
     child.start()
     sender.close()
-    result = None
-    if receiver.poll(job["timeout"]):
-        try:
-            result = receiver.recv()
-        except EOFError:
-            result = None
-    child.join(timeout=5)
-    if child.is_alive():
+    if not receiver.poll(job["timeout"]):
         child.kill()
         child.join()
         return {"status": "timeout"}
+    try:
+        result = receiver.recv()
+    except EOFError:  # died without a word: killed (out of memory) or crashed
+        result = None
+    child.join()
     if result is None:
-        return {"status": "oom" if child.exitcode and child.exitcode < 0 else "error",
-                "detail": f"exit code {child.exitcode}"}
+        status = "oom" if child.exitcode is not None and child.exitcode < 0 else "error"
+        return {"status": status, "detail": f"exit code {child.exitcode}"}
     return result
 
 
