@@ -39,13 +39,41 @@ def pairwise_distances(
             d = d.fill_diagonal_(0.0)
         return d
 
-    x2 = (x * x).sum(1, keepdim=True)
-    y2 = x2 if same else (y * y).sum(1, keepdim=True)
-    sq = (x2 + y2.T - 2.0 * (x @ y.T)).clamp_min(0.0)
-    if same:
-        sq = sq.fill_diagonal_(0.0)
     if distance == "squared_euclidean":
-        return sq
-    zero = sq == 0
-    # sqrt'(0) is infinite; evaluate it on 1 where the distance is 0, then zero those entries.
-    return torch.sqrt(torch.where(zero, torch.ones_like(sq), sq)).masked_fill(zero, 0.0)
+        x2 = (x * x).sum(1, keepdim=True)
+        y2 = x2 if same else (y * y).sum(1, keepdim=True)
+        sq = (x2 + y2.T - 2.0 * (x @ y.T)).clamp_min(0.0)
+        return sq.fill_diagonal_(0.0) if same else sq
+    return _Euclidean.apply(x, y, same)
+
+
+class _Euclidean(torch.autograd.Function):
+    """L2 distance matrix with a hand-written backward.
+
+    Autograd of ``sqrt(x2 + y2 - 2 x y^T)`` keeps about ten ``(N, M)`` temporaries alive and
+    needs masking to avoid ``sqrt'(0) = inf``; here the forward works in place on one buffer and
+    the backward uses ``d/dx_i = sum_j g_ij (x_i - y_j) / d_ij`` with the ``j`` where
+    ``d_ij = 0`` contributing nothing.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, same: bool) -> torch.Tensor:
+        x2 = (x * x).sum(1, keepdim=True)
+        y2 = x2 if same else (y * y).sum(1, keepdim=True)
+        d = torch.addmm(x2, x, y.T, alpha=-2.0).add_(y2.T).clamp_min_(0.0)
+        if same:
+            d.fill_diagonal_(0.0)
+        d.sqrt_()
+        ctx.same = same
+        ctx.save_for_backward(x, y, d)
+        return d
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, y, d = ctx.saved_tensors
+        g = torch.where(d > 0, grad / d, torch.zeros((), dtype=d.dtype, device=d.device))
+        grad_x = x * g.sum(1, keepdim=True) - g @ y
+        grad_y = y * g.sum(0).unsqueeze(1) - g.T @ x
+        if ctx.same:
+            return grad_x + grad_y, None, None
+        return grad_x, grad_y, None

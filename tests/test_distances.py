@@ -38,3 +38,28 @@ def test_half_precision_is_computed_in_float32():
     assert pairwise_distances(x).dtype == torch.float32
     with pytest.raises(ValueError, match="unknown distance"):
         pairwise_distances(x, distance="manhattan")
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_euclidean_gradient_matches_autograd_of_the_direct_formula(same):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    x[3] = x[5]  # a duplicate: zero distance off the diagonal
+    y = None if same else torch.randn(6, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(9, 9 if same else 6, generator=g, dtype=torch.float64)
+
+    def direct(a, b):
+        diff = a[:, None, :] - b[None, :, :]
+        sq = (diff * diff).sum(-1)
+        safe = torch.where(sq > 0, sq, torch.ones_like(sq))
+        return torch.where(sq > 0, safe.sqrt(), torch.zeros_like(sq))
+
+    xa = x.clone().requires_grad_()
+    ya = None if same else y.clone().requires_grad_()
+    (pairwise_distances(xa, ya) * w).sum().backward()
+    xb = x.clone().requires_grad_()
+    yb = xb if same else y.clone().requires_grad_()
+    (direct(xb, yb) * w).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-8)
+    if not same:
+        assert torch.allclose(ya.grad, yb.grad, atol=1e-8)
