@@ -91,16 +91,19 @@ def train(
                if data.val_index is not None else "; no validation split")
             + f"; device {device}"
         )
+        if data.cache_note:
+            typer.echo(data.cache_note)
         if data.skip_summary:
             typer.echo(f"warning: {data.skip_summary}", err=True)
 
     def on_step(s) -> None:
-        if s.batch == 0:
-            bar["bar"] = tqdm(total=s.batches, desc=f"epoch {s.epoch + 1}", unit="batch")
+        if s.batch == 0:  # counts images, so the bar shows img/s and the epoch's ETA
+            bar["bar"] = tqdm(total=s.batches * s.images, desc=f"epoch {s.epoch + 1}",
+                              unit="img", smoothing=0.1)
         b = bar["bar"]
         b.set_postfix(loss=f"{s.loss:.4f}", active=f"{s.stats.get('active_fraction', 0):.2f}",
-                      img_s=f"{s.images_per_s:.0f}", refresh=False)
-        b.update(1)
+                      refresh=False)
+        b.update(s.images)
 
     def on_epoch(epoch, val) -> None:
         if "bar" in bar:
@@ -114,6 +117,59 @@ def train(
     best = (f"best val accuracy {result.best_accuracy:.4f} (epoch {result.best_epoch + 1})"
             if result.best_accuracy is not None else "no validation split")
     typer.echo(f"done: {result.steps} steps; {best}; run in {result.run_dir}")
+
+
+@app.command()
+def cache(
+    data: Annotated[Path, typer.Argument(help="Identity-folder dataset: DATA/<identity>/<image>.")],
+    out: Annotated[Path, typer.Option(help="Cache directory (the value for data.cache).")],
+    size: Annotated[int, typer.Option(help="Side in pixels (= data.image_size).")] = 64,
+    crop_fraction: Annotated[
+        float, typer.Option(help="Centre crop, share of the shorter side (= data.crop_fraction).")
+    ] = 1.0,
+    crop_box: Annotated[
+        str | None,
+        typer.Option(help="Face box 'left,top,right,bottom' in fractions (= data.crop_box)."),
+    ] = None,
+    grayscale: Annotated[bool, typer.Option(help="Store grey images (= data.grayscale).")] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding processes (default: CPU cores - 1, 1 to 8).")
+    ] = None,
+) -> None:
+    """Decode, crop and resize every image once into a memory-mapped cache for training.
+
+    Train from it with --set data.cache=OUT (and the same size/crop settings); a cache whose
+    dataset changed since (file sizes, mtimes, added/removed files) is rebuilt, never reused.
+    """
+    from facetrip.config import config_from_dict
+    from facetrip.data.cache import load_or_build_cache
+    from facetrip.data.folder import list_dataset
+    from facetrip.train import preprocess_from_config, resolve_workers
+
+    box = None
+    if crop_box is not None:
+        try:
+            box = [float(v) for v in crop_box.split(",")]
+        except ValueError:
+            raise UserError(
+                f"--crop-box expects 4 comma-separated numbers, got {crop_box!r}"
+            ) from None
+    if workers is not None and workers < 0:
+        raise UserError("--workers must be >= 0")
+    cfg = config_from_dict({"data": {"root": str(data), "image_size": size,
+                                     "crop_fraction": crop_fraction, "crop_box": box,
+                                     "grayscale": grayscale}})
+    files, _ = list_dataset(data)
+    with tqdm(total=len(files), desc="cache", unit="img", delay=0.5) as bar:
+        result, why = load_or_build_cache(data, out, preprocess_from_config(cfg),
+                                          resolve_workers(workers), progress=bar.update)
+    index = result.index
+    megabytes = result.images.nbytes / 2**20
+    state = f"built ({why})" if why else "already up to date"
+    typer.echo(f"{out}: {len(index)} images of {len(index.classes)} identities, "
+               f"{size}x{size}, {megabytes:.0f} MiB; {state}")
+    if index.skipped:
+        typer.echo(f"warning: {index.skip_summary()}", err=True)
 
 
 def _fmt(value) -> str:

@@ -30,10 +30,18 @@ class DataConfig:
     min_images_per_identity: int = 2  #: identities with fewer images are dropped from training
     image_size: int = 64  #: model input is ``image_size x image_size``
     crop_fraction: float = 1.0  #: centre crop (fraction of the shorter side) before resizing
+    #: ``[left, top, right, bottom]`` as fractions of width/height; replaces the centre crop
+    crop_box: list[float] | None = None
+    grayscale: bool = False  #: convert to grey (kept as 3 identical channels)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    augment: bool = True  #: horizontal flip, small random crop/scale, colour jitter
-    workers: int = 0  #: DataLoader worker processes (0 = load in the main process)
+    #: flip, random resized crop (80-100% area), colour jitter, random erasing (per batch)
+    augment: bool = True
+    #: DataLoader worker processes (0 = in the main process; null = CPU cores - 1, at most 8)
+    workers: int | None = None
+    #: decoded-image cache directory: built on first use, rebuilt when the dataset changes
+    cache: str | None = None
+    strict: bool = False  #: any skipped file is an error instead of a warning
 
 
 @dataclass
@@ -86,6 +94,8 @@ class TrainConfig:
     epochs: int = 10
     device: str = "auto"  #: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``...
     channels_last: bool = True
+    #: autocast: ``auto`` = bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_clip: float | None = None  #: max gradient norm; ``None`` = no clipping
     collapse_patience: int = 50  #: steps of near-zero distances before the collapse warning
 
@@ -199,6 +209,10 @@ def parse_overrides(items: list[str]) -> dict:
     return tree
 
 
+def _valid_box(box: list[float]) -> bool:
+    return len(box) == 4 and 0.0 <= box[0] < box[2] <= 1.0 and 0.0 <= box[1] < box[3] <= 1.0
+
+
 def _validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     checks = [
@@ -206,10 +220,13 @@ def _validate(cfg: Config) -> None:
         (cfg.sampler.k >= 2, "sampler.k must be >= 2 (triplets need two images of an identity)"),
         (cfg.data.image_size >= 16, "data.image_size must be >= 16"),
         (0.0 < cfg.data.crop_fraction <= 1.0, "data.crop_fraction must be in (0, 1]"),
+        (cfg.data.crop_box is None or _valid_box(cfg.data.crop_box),
+         "data.crop_box must be [left, top, right, bottom] fractions with "
+         "0 <= left < right <= 1 and 0 <= top < bottom <= 1"),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
         (len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean/std need 3 values"),
         (all(s > 0 for s in cfg.data.std), "data.std values must be > 0"),
-        (cfg.data.workers >= 0, "data.workers must be >= 0"),
+        (cfg.data.workers is None or cfg.data.workers >= 0, "data.workers must be >= 0 or null"),
         (cfg.model.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
         (cfg.loss.margin is None or cfg.loss.margin >= 0, "loss.margin must be >= 0 or null"),
         (cfg.loss.margin is not None or cfg.loss.mining != "semihard_all",

@@ -28,6 +28,7 @@ class StepLog:
     lr: float
     images_per_s: float
     stats: dict[str, float]  #: mining diagnostics from the loss
+    images: int = 0  #: images in this batch
 
 
 def cosine_warmup_lambda(
@@ -81,11 +82,16 @@ def train_one_epoch(
     grad_clip: float | None = None,
     collapse: CollapseDetector | None = None,
     on_step: Callable[[StepLog], None] | None = None,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> int:
     """One pass over ``loader`` (PK batches of ``(images (B,3,H,W), labels (B,))``).
 
-    ``loss_fn(embeddings, labels)`` must return ``(loss, stats)``. Returns the global step
-    count after the epoch.
+    ``batch_transform`` runs on ``device`` before the model, e.g. uint8 -> augmented and
+    normalised float32 (B,3,H,W). ``autocast_dtype`` (bf16/fp16) runs the forward pass under
+    autocast; fp16 needs a ``scaler`` (GradScaler). ``loss_fn(embeddings, labels)`` must
+    return ``(loss, stats)``. Returns the global step count after the epoch.
     """
     model.train()
     step = start_step
@@ -93,15 +99,28 @@ def train_one_epoch(
     tic = time.perf_counter()
     for batch, (images, labels) in enumerate(loader):
         images = images.to(device, non_blocking=True)
+        if batch_transform is not None:
+            images = batch_transform(images)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
-        loss, stats = loss_fn(model(images), labels)
+        with torch.autocast(device.type, dtype=autocast_dtype,
+                            enabled=autocast_dtype is not None):
+            embeddings = model(images)
+        loss, stats = loss_fn(embeddings.float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
         if grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         step += 1
@@ -116,7 +135,8 @@ def train_one_epoch(
         ips = len(labels) / max(toc - tic, 1e-9)
         tic = toc
         if on_step is not None:
-            on_step(StepLog(epoch, step, batch, batches, loss_value, lr, ips, dict(stats)))
+            on_step(StepLog(epoch, step, batch, batches, loss_value, lr, ips, dict(stats),
+                            len(labels)))
     return step
 
 
@@ -126,6 +146,7 @@ def embed_batches(
     loader: Iterable[tuple[torch.Tensor, ...]],
     device: torch.device,
     channels_last: bool = False,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, tuple]]:
     """Stream ``(embeddings (B, D) float32 on CPU, rest of the batch)`` for each batch.
 
@@ -133,15 +154,23 @@ def embed_batches(
     """
     model.eval()
     for images, *rest in loader:
-        yield embed_images(model, images, device, channels_last), tuple(rest)
+        yield embed_images(model, images, device, channels_last, batch_transform), tuple(rest)
 
 
 @torch.no_grad()
 def embed_images(
-    model: nn.Module, images: torch.Tensor, device: torch.device, channels_last: bool = False
+    model: nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    channels_last: bool = False,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``(B, 3, H, W)`` -> ``(B, D)`` float32 embeddings on CPU (model must be in eval mode)."""
+    """``(B, 3, H, W)`` -> ``(B, D)`` float32 embeddings on CPU (model must be in eval mode).
+
+    ``batch_transform`` runs on ``device`` first (e.g. uint8 -> normalised float32)."""
     images = images.to(device, non_blocking=True)
+    if batch_transform is not None:
+        images = batch_transform(images)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return model(images).float().cpu()
@@ -152,10 +181,11 @@ def embed_all(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     channels_last: bool = False,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embed a whole (small) dataset: ``(embeddings (N, D) float32, labels (N,) int64)``."""
     embs, labels = [], []
-    for emb, (lab,) in embed_batches(model, loader, device, channels_last):
+    for emb, (lab,) in embed_batches(model, loader, device, channels_last, batch_transform):
         embs.append(emb.numpy())
         labels.append(np.asarray(lab))
     return np.concatenate(embs), np.concatenate(labels).astype(np.int64)

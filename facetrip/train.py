@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,22 @@ import torch
 
 from facetrip.checkpoint import atomic_save, load_checkpoint
 from facetrip.config import Config, config_from_dict, config_to_dict, save_config
-from facetrip.data.dataset import FaceDataset
+from facetrip.data.cache import load_or_build_cache
+from facetrip.data.dataset import (
+    AugmentCollate,
+    CachedFaceDataset,
+    FaceDataset,
+    SeededItems,
+)
+from facetrip.data.decode import display_path
 from facetrip.data.folder import (
     ImageFolderIndex,
     filter_min_images,
     scan_identity_folder,
     split_identities,
 )
-from facetrip.data.sampler import PKSampler
-from facetrip.data.transforms import build_transform
+from facetrip.data.sampler import PKSampler, SeededBatchSampler
+from facetrip.data.transforms import BatchAugment, Normalize, Preprocess
 from facetrip.engine import (
     CollapseDetector,
     StepLog,
@@ -46,10 +54,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainData:
-    """Loaders and the facts about the data a user wants to see before a long run."""
+    """Loaders and the facts about the data a user wants to see before a long run.
+
+    Both loaders yield ``(uint8 (B, 3, S, S), labels (B,))``, training batches already
+    augmented (in the workers); ``normalize`` turns a batch into the model's float input on
+    the device.
+    """
 
     train_loader: torch.utils.data.DataLoader
-    sampler: PKSampler
+    sampler: SeededBatchSampler  #: ``set_epoch`` selects the batches and their augmentation
     val_loader: torch.utils.data.DataLoader | None
     val_index: ImageFolderIndex | None
     val_pairs: PairIndexList | None  #: drawn once, with the run's seed
@@ -57,6 +70,10 @@ class TrainData:
     train_identities: int
     dropped_identities: int  #: training identities with fewer than min_images_per_identity
     skip_summary: str  #: '' or "skipped N files: ..." from the scan
+    normalize: Normalize
+    index: ImageFolderIndex  #: the whole scanned dataset (with its skipped files)
+    excluded: dict[str, int]  #: identity -> usable images, for identities left out of training
+    cache_note: str = ""  #: '' or how the decoded cache was used / why it was (re)built
 
 
 @dataclass
@@ -86,38 +103,104 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0] >> 1)
 
 
+def preprocess_from_config(cfg: Config) -> Preprocess:
+    """The deterministic per-image preprocessing of ``cfg.data`` (what the cache stores)."""
+    d = cfg.data
+    box = tuple(d.crop_box) if d.crop_box is not None else None
+    return Preprocess(d.image_size, d.crop_fraction, box, d.grayscale)
+
+
+def resolve_workers(workers: int | None) -> int:
+    """``data.workers``; ``None`` = one per CPU core but one (for the model), 1 to 8."""
+    if workers is not None:
+        return workers
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
 def load_data(cfg: Config, device: torch.device) -> TrainData:
-    """Scan ``cfg.data.root``, split identities, build the PK training and validation loaders."""
-    if not cfg.data.root:
+    """Scan ``cfg.data.root`` (or open/build the decoded cache), split identities, build the PK
+    training and validation loaders.
+
+    Raises:
+        UserError: no data, too few identities, or (with ``data.strict``) any skipped file.
+    """
+    d = cfg.data
+    if not d.root:
         raise UserError("data.root is not set: pass --set data.root=DIR or set it in the config")
-    full = scan_identity_folder(cfg.data.root)
-    train_idx, val_idx = split_identities(full, cfg.data.val_fraction, cfg.seed)
-    kept = filter_min_images(train_idx, max(2, cfg.data.min_images_per_identity))
-    dropped = len(train_idx.classes) - len(kept.classes)
+    preprocess = preprocess_from_config(cfg)
+    cache, cache_note = None, ""
+    if d.cache:
+        cache, why = load_or_build_cache(d.root, d.cache, preprocess, resolve_workers(d.workers))
+        cache_note = (f"decoded cache {d.cache}: " +
+                      (f"built ({why})" if why else "up to date, reused"))
+        full = cache.index
+    else:
+        full = scan_identity_folder(d.root)
+    if d.strict and full.skipped:
+        first = full.skipped[0]
+        raise UserError(f"data.strict: {full.skip_summary()} (first: "
+                        f"{display_path(first.path)}: {first.reason})")
+    train_idx, val_idx = split_identities(full, d.val_fraction, cfg.seed)
+    min_images = max(2, d.min_images_per_identity)
+    kept = filter_min_images(train_idx, min_images)
+    counts = train_idx.images_per_class()
+    excluded = {c: int(n) for c, n in zip(train_idx.classes, counts, strict=True)
+                if n < min_images}
+    excluded.update({c: 0 for c in full.empty_classes})
     if len(kept.classes) < cfg.sampler.p:
         raise UserError(
-            f"{cfg.data.root}: only {len(kept.classes)} training identities have at least "
-            f"{max(2, cfg.data.min_images_per_identity)} images; sampler.p={cfg.sampler.p} "
-            "needs at least that many"
+            f"{d.root}: only {len(kept.classes)} training identities have at least "
+            f"{min_images} images; sampler.p={cfg.sampler.p} needs at least that many"
         )
-    d = cfg.data
-    train_tf = build_transform(d.image_size, d.mean, d.std, d.crop_fraction, augment=d.augment)
-    eval_tf = build_transform(d.image_size, d.mean, d.std, d.crop_fraction, augment=False)
-    sampler = PKSampler(kept.labels, cfg.sampler.p, cfg.sampler.k,
-                        cfg.sampler.batches_per_epoch, seed=cfg.seed)
-    pin = device.type == "cuda"
-    common = dict(num_workers=d.workers, pin_memory=pin, persistent_workers=d.workers > 0)
+    sampler = SeededBatchSampler(PKSampler(kept.labels, cfg.sampler.p, cfg.sampler.k,
+                                           cfg.sampler.batches_per_epoch, seed=cfg.seed),
+                                 seed=cfg.seed)
+    workers = resolve_workers(d.workers)
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda",
+                  persistent_workers=workers > 0)
+
+    def dataset(index: ImageFolderIndex) -> torch.utils.data.Dataset:
+        return CachedFaceDataset(index, cache) if cache else FaceDataset(index, preprocess)
+
     train_loader = torch.utils.data.DataLoader(
-        FaceDataset(kept, train_tf), batch_sampler=sampler, **common
+        SeededItems(dataset(kept)), batch_sampler=sampler,
+        collate_fn=AugmentCollate(BatchAugment(d.mean) if d.augment else None), **common,
     )
     val_loader, val_pairs = None, None
     if val_idx is not None:
-        val_loader = torch.utils.data.DataLoader(
-            FaceDataset(val_idx, eval_tf), batch_size=cfg.eval.batch_size, **common
-        )
+        val_loader = torch.utils.data.DataLoader(dataset(val_idx),
+                                                 batch_size=cfg.eval.batch_size, **common)
         val_pairs = load_pairs(val_idx, None, cfg.eval.folds, cfg.eval.pairs_per_fold, cfg.seed)
-    return TrainData(train_loader, sampler, val_loader, val_idx, val_pairs, len(kept),
-                     len(kept.classes), dropped, full.skip_summary())
+    return TrainData(
+        train_loader, sampler, val_loader, val_idx, val_pairs, len(kept), len(kept.classes),
+        len(excluded), full.skip_summary(), normalize=Normalize(d.mean, d.std), index=full,
+        excluded=excluded, cache_note=cache_note,
+    )
+
+
+def write_skip_report(data: TrainData, path: str | Path) -> Path | None:
+    """Write every skipped file and excluded identity to ``path`` (tab-separated, one per
+    line); ``None`` (and no file) if there are none."""
+    if not data.index.skipped and not data.excluded:
+        return None
+    path = Path(path)
+    lines = [f"# files not used, relative to {data.index.root}: reason<TAB>path"]
+    lines += [f"{s.reason}\t{s.path}" for s in data.index.skipped]
+    lines += ["# identities left out of triplet batches: images<TAB>identity/"]
+    lines += [f"{n} image{'s' * (n != 1)}\t{name}/" for name, n in sorted(data.excluded.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
+    return path
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """``train.precision`` -> the autocast dtype (``None`` = fp32, no autocast)."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def build_model(cfg: Config) -> EmbeddingNet:
@@ -160,9 +243,10 @@ def validate(
     metric: str,
     device: torch.device,
     channels_last: bool = False,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Verification metrics of ``model`` on ``pairs`` of the validation images (no ROC curve)."""
-    emb, _ = embed_all(model, loader, device, channels_last)
+    emb, _ = embed_all(model, loader, device, channels_last, batch_transform)
     result = verification_metrics(pair_distances(emb, pairs, metric), pairs.issame,
                                   folds=pairs.fold)
     return {k: v for k, v in result.items() if k != "roc"}
@@ -215,8 +299,12 @@ def train(
     save_config(cfg, run_dir / "config.yaml")
 
     device = resolve_device(cfg.train.device)
+    autocast_dtype = resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg, device)
+    report = write_skip_report(data, run_dir / "skipped.txt")
+    if report is not None and data.skip_summary:
+        data.skip_summary += f"; see {report}"
     model = build_model(cfg).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -224,6 +312,7 @@ def train(
                           distance=cfg.loss.distance)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(data.sampler))
+    scaler = (torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None)
     start_epoch, step, best_acc, best_epoch = 0, 0, None, None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -231,6 +320,8 @@ def train(
         # optimizer restores it. The schedule itself comes from the (possibly longer) config.
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, step = ckpt["epoch"], ckpt["step"]
         best_acc, best_epoch = ckpt.get("best_accuracy"), ckpt.get("best_epoch")
     if on_start is not None:
@@ -253,12 +344,14 @@ def train(
             step = train_one_epoch(
                 model, loss_fn, optimizer, scheduler, data.train_loader, device, epoch, step,
                 cfg.train.channels_last, cfg.train.grad_clip, collapse, log_step,
+                data.normalize, autocast_dtype, scaler,
             )
             last_val = None
             if data.val_loader is not None:
                 last_val = validate(model, data.val_loader, data.val_pairs, cfg.eval.metric,
-                                    device, cfg.train.channels_last)
-            row = {"type": "epoch", "epoch": epoch, "step": step, "val": last_val}
+                                    device, cfg.train.channels_last, data.normalize)
+            row = {"type": "epoch", "epoch": epoch, "step": step, "val": last_val,
+                   "replaced_images": getattr(data.train_loader.dataset, "failures", 0)}
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
             acc = None if last_val is None else last_val["accuracy"]
@@ -277,9 +370,11 @@ def train(
                 "best_epoch": best_epoch,
                 "val": last_val,
             }
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
             atomic_save(state, last_path)
             if improved or data.val_loader is None:  # weights only: no optimizer state
-                skip = ("optimizer", "scheduler")
+                skip = ("optimizer", "scheduler", "scaler")
                 atomic_save({k: v for k, v in state.items() if k not in skip}, best_path)
             if on_epoch is not None:
                 on_epoch(epoch, last_val)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from facetrip.data.decode import ImageError, display_path, probe_image
 from facetrip.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp"})
@@ -35,6 +35,8 @@ class ImageFolderIndex:
     labels: np.ndarray  #: (N,) int64
     classes: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
+    #: identity folders without a single usable image
+    empty_classes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,78 +57,139 @@ class ImageFolderIndex:
             labels=remap[self.labels[mask]],
             classes=[self.classes[i] for i in keep],
             skipped=list(self.skipped),
+            empty_classes=list(self.empty_classes),
         )
 
     def skip_summary(self) -> str:
-        """One line such as ``skipped 3 files: 2 not an image, 1 unreadable`` ('' if none)."""
+        """One line such as ``skipped 3 files: 2 unreadable, 1 too large`` ('' if none)."""
         if not self.skipped:
             return ""
         counts = Counter(s.reason.split(":")[0] for s in self.skipped)
-        parts = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        parts = ", ".join(f"{n} {reason}" for reason, n in ordered)
         return f"skipped {len(self.skipped)} file{'s' * (len(self.skipped) != 1)}: {parts}"
 
 
 def check_image(path: Path) -> str | None:
-    """``None`` if ``path`` opens as an image (header only, fast), else the reason it does not."""
+    """``None`` if ``path`` looks usable (header and JPEG end marker only: fast), else the
+    reason it is not, e.g. ``"too large: 20000x20000 pixels"``."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except PermissionError:
-        return "unreadable: permission denied"
-    except (UnidentifiedImageError, SyntaxError):
-        return "not an image"
-    except Image.DecompressionBombError:
-        return "too large"
-    except OSError as exc:
-        return f"unreadable: {exc.strerror or exc}"
-    if width < 1 or height < 1:
-        return "not an image"
+        probe_image(path)
+    except ImageError as exc:
+        return str(exc)
     return None
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A candidate image file as listed: what the decoded cache checks for staleness."""
+
+    path: str  #: relative to the dataset root
+    identity: str | None  #: the identity folder (first path component); None at the root
+    size: int  #: bytes, -1 if ``stat`` failed (e.g. broken link)
+    mtime_ns: int  #: modification time, -1 if ``stat`` failed
+
+
+def list_dataset(root: str | Path) -> tuple[list[SourceFile], list[str]]:
+    """Every file with an image extension under ``root`` (sorted) and the identity folders.
+
+    Raises:
+        UserError: ``root`` is missing or not a directory.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"dataset directory not found: {display_path(root)}")
+    files: list[SourceFile] = []
+
+    def add(full: str, identity: str | None) -> None:
+        try:
+            st = os.stat(full)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        files.append(SourceFile(os.path.relpath(full, root), identity, size, mtime))
+
+    def is_image(name: str) -> bool:
+        return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    identity_dirs = [e.name for e in entries if e.is_dir()]
+    for entry in entries:
+        if not entry.is_dir() and is_image(entry.name):
+            add(entry.path, None)
+    for name in identity_dirs:
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                if is_image(filename):
+                    add(os.path.join(dirpath, filename), name)
+    return files, identity_dirs
+
+
+def build_index(
+    root: str | Path,
+    files: list[SourceFile],
+    identity_dirs: list[str],
+    reasons: list[str | None],
+) -> ImageFolderIndex:
+    """The index of the ``files`` whose reason is ``None``; the others are recorded as skipped.
+
+    Files at the root are skipped ("outside identity folders"); identity folders without a
+    usable image end up in ``empty_classes``.
+
+    Raises:
+        UserError: no identity has a usable image.
+    """
+    root = Path(root)
+    paths: list[str] = []
+    labels: list[int] = []
+    skipped: list[SkippedFile] = []
+    position = {name: i for i, name in enumerate(identity_dirs)}
+    found: list[list[str]] = [[] for _ in identity_dirs]
+    for f, reason in zip(files, reasons, strict=True):
+        if f.identity is None:
+            skipped.append(SkippedFile(f.path, "outside identity folders"))
+        elif reason is not None:
+            skipped.append(SkippedFile(f.path, reason))
+        else:
+            found[position[f.identity]].append(f.path)
+    classes: list[str] = []
+    empty: list[str] = []
+    for name, usable in zip(identity_dirs, found, strict=True):
+        if usable:
+            paths.extend(usable)
+            labels.extend([len(classes)] * len(usable))
+            classes.append(name)
+        else:
+            empty.append(name)
+    if not paths:
+        raise UserError(
+            f"no identities found in {display_path(root)}: expected "
+            f"{display_path(root)}/<identity>/<image> with images of type "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}"
+            + (f" ({len(skipped)} files skipped)" if skipped else "")
+        )
+    return ImageFolderIndex(root, paths, np.asarray(labels, dtype=np.int64), classes, skipped,
+                            empty)
 
 
 def scan_identity_folder(root: str | Path, validate: bool = True) -> ImageFolderIndex:
     """List ``root/<identity>/**/<image>`` files; each sub-folder of ``root`` is one identity.
 
-    Files directly in ``root`` and files without an image extension are ignored. With
-    ``validate``, every image header is opened once and files that are not images are recorded
-    in ``skipped`` instead of failing later. Identities with no usable image are dropped.
+    Files without an image extension are ignored; image files directly in ``root`` are skipped
+    and counted. With ``validate``, every image header is read once (and a JPEG's end marker
+    checked) and unusable files are recorded in ``skipped`` with their reason instead of
+    failing later. Identities with no usable image are listed in ``empty_classes``.
 
     Raises:
         UserError: ``root`` is missing, not a directory, or holds no identity with an image.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"dataset directory not found: {root}")
-    paths: list[str] = []
-    labels: list[int] = []
-    classes: list[str] = []
-    skipped: list[SkippedFile] = []
-    identity_dirs = sorted((d for d in os.scandir(root) if d.is_dir()), key=lambda d: d.name)
-    for entry in identity_dirs:
-        found = []
-        for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                    found.append(os.path.join(dirpath, name))
-        usable = []
-        for full in found:
-            rel = os.path.relpath(full, root)
-            reason = check_image(Path(full)) if validate else None
-            if reason is None:
-                usable.append(rel)
-            else:
-                skipped.append(SkippedFile(rel, reason))
-        if usable:
-            paths.extend(usable)
-            labels.extend([len(classes)] * len(usable))
-            classes.append(entry.name)
-    if not paths:
-        raise UserError(
-            f"no identities found in {root}: expected {root}/<identity>/<image> with images "
-            f"of type {', '.join(sorted(IMAGE_EXTENSIONS))}"
-        )
-    return ImageFolderIndex(root, paths, np.asarray(labels, dtype=np.int64), classes, skipped)
+    files, identity_dirs = list_dataset(root)
+    reasons = [
+        check_image(Path(root) / f.path) if validate and f.identity is not None else None
+        for f in files
+    ]
+    return build_index(root, files, identity_dirs, reasons)
 
 
 def split_identities(

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from facetrip.data.transforms import batch_seed
+
 
 class PKSampler(torch.utils.data.Sampler[list[int]]):
     """Yields batches of ``p * k`` dataset indices: ``k`` images of each of ``p`` identities.
@@ -69,3 +71,28 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
                     picks = np.concatenate([rng.permutation(members), extra])
                 batch.extend(picks.tolist())
             yield batch
+
+
+class SeededBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Tags each batch of ``batch_sampler`` with its augmentation seed: yields
+    ``[(index, seed), ...]`` where ``seed = batch_seed(seed, epoch, batch number)``.
+
+    The seed travels with the indices to whichever DataLoader worker builds the batch, so
+    augmentation depends only on ``(seed, epoch, batch)``, also with workers and on resume.
+    ``set_epoch`` is forwarded to ``batch_sampler``.
+    """
+
+    def __init__(self, batch_sampler: PKSampler, seed: int = 0) -> None:
+        self.batch_sampler, self.seed, self.epoch = batch_sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for b, batch in enumerate(self.batch_sampler):
+            seed = batch_seed(self.seed, self.epoch, b)
+            yield [(i, seed) for i in batch]

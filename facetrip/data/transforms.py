@@ -1,26 +1,212 @@
-"""Image preprocessing: centre crop, resize, normalise, and light training augmentation."""
+"""Image preprocessing in two stages.
+
+1. :class:`Preprocess` (per image, deterministic, cacheable): decode, crop the face (centre or
+   box crop), resize to the model input, optional greyscale -> ``uint8 (3, S, S)``. This is
+   what the decoded cache stores.
+2. :class:`BatchAugment` (per batch, in the DataLoader worker, ``uint8`` in and out): random
+   resized crop and flip (one ``grid_sample``), colour jitter and random erasing, vectorised
+   over the batch. Its randomness depends only on ``(seed, epoch, batch number)``, never on
+   which worker ran it.
+3. :class:`Normalize` (per batch, on the training device): ``uint8`` -> ``float32``.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
+from torch import nn
+from torchvision.transforms.v2 import functional as F
+
+from facetrip.data.decode import decode_rgb
+
+_GREY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision
 
 
-class CenterCropFraction(torch.nn.Module):
-    """Square centre crop whose side is ``fraction`` of the image's shorter side."""
+@dataclass(frozen=True)
+class Preprocess:
+    """Crop the face, resize to ``size x size``, optionally make it grey.
 
-    def __init__(self, fraction: float) -> None:
+    ``crop_box = (left, top, right, bottom)`` in fractions of the image width/height selects a
+    fixed face box; otherwise a square centre crop of ``crop_fraction`` of the shorter side.
+    """
+
+    size: int
+    crop_fraction: float = 1.0
+    crop_box: tuple[float, float, float, float] | None = None
+    grayscale: bool = False
+
+    def region(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """``(top, left, crop_height, crop_width)`` in pixels of a ``width x height`` image."""
+        if self.crop_box is not None:
+            left, top, right, bottom = self.crop_box
+            x0, y0 = int(round(left * width)), int(round(top * height))
+            x1 = max(x0 + 1, int(round(right * width)))
+            y1 = max(y0 + 1, int(round(bottom * height)))
+            return y0, x0, min(y1, height) - y0, min(x1, width) - x0
+        side = max(1, int(round(min(width, height) * self.crop_fraction)))
+        side_h, side_w = min(side, height), min(side, width)
+        return (int(round((height - side_h) / 2.0)), int(round((width - side_w) / 2.0)),
+                side_h, side_w)
+
+    def reduction(self, width: int, height: int) -> int:
+        """How many times larger than needed the crop of a ``width x height`` image is."""
+        _, _, h, w = self.region(width, height)
+        return max(1, min(h, w) // self.size)
+
+    def __call__(self, image: torch.Tensor | Image.Image) -> torch.Tensor:
+        """RGB image (PIL or ``uint8 (3, H, W)``) -> ``uint8 (3, size, size)``."""
+        if isinstance(image, Image.Image):
+            image = F.pil_to_tensor(image.convert("RGB"))
+        top, left, h, w = self.region(image.shape[-1], image.shape[-2])
+        x = image[..., top : top + h, left : left + w]
+        if (h, w) != (self.size, self.size):
+            x = F.resize(x, [self.size, self.size], antialias=True)
+        if self.grayscale:
+            x = F.rgb_to_grayscale(x, num_output_channels=3)
+        return x.contiguous()
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        """Decode ``path`` (at reduced scale when it is far larger than needed) and preprocess:
+        ``uint8 (3, size, size)``. Raises :class:`~facetrip.data.decode.ImageError`."""
+        return self(decode_rgb(path, self.reduction))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["crop_box"] = list(self.crop_box) if self.crop_box is not None else None
+        return d
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """The augmentation seed of one batch: a function of ``(seed, epoch, batch number)`` only."""
+    state = np.random.SeedSequence([seed, epoch, batch, 0xA06]).generate_state(1, np.uint64)
+    return int(state[0] >> 1)
+
+
+class Normalize(nn.Module):
+    """``uint8 (B, 3, H, W)`` (0..255) -> ``float32 (B, 3, H, W)``: ``(x / 255 - mean) / std``."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.fraction = fraction
+        std_t = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1) / std_t
 
-    def forward(self, img: Image.Image) -> Image.Image:
-        if self.fraction >= 1.0:
-            return img
-        side = max(1, int(round(min(img.size) * self.fraction)))
-        return v2.functional.center_crop(img, [side, side])
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift.to(images.device), images.float(),
+                             self.scale.to(images.device))
+
+
+class BatchAugment(nn.Module):
+    """Augment a batch: ``uint8 (B, 3, H, W)`` -> ``uint8 (B, 3, H, W)``.
+
+    Per image: random resized crop keeping 80-100% of the area with aspect ratio 0.9-1.1
+    (``transforms.v2`` ``resized_crop`` on the uint8 image, its fast path), horizontal flip
+    (p=0.5), brightness and contrast x[0.8, 1.2] and saturation x[0.9, 1.1] (hue is left
+    alone: skin and hair colour are identity cues), then random erasing (p=0.25) of a 2-20%
+    rectangle filled with ``fill`` (the normalisation mean, so it becomes 0). The three colour
+    changes are linear, so they are applied together as one 3x3 colour matrix per image for
+    the whole batch (one clamp at the end instead of one per step).
+
+    ``forward(images, seed)`` draws from a generator seeded with ``seed`` (see
+    :func:`batch_seed`), or from torch's global generator when ``seed`` is None: the result
+    never depends on which worker ran it.
+    """
+
+    SCALE = (0.8, 1.0)
+    RATIO = (0.9, 1.1)
+    JITTER = (0.2, 0.2, 0.1)  # brightness, contrast, saturation
+    ERASE_P, ERASE_AREA, ERASE_RATIO = 0.25, (0.02, 0.2), (0.3, 3.3)
+
+    def __init__(self, fill: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
+        super().__init__()
+        self.fill = torch.tensor(list(fill), dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+
+    def forward(self, images: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        u = torch.rand(len(images), 13, generator=generator)
+        x = self._colour(self._crop_flip(images, u[:, :5]).float(), u[:, 5:8].to(images.device))
+        x = x.add_(0.5).clamp_(0, 255).to(torch.uint8)  # round half up
+        return self._erase(x, u[:, 8:])
+
+    @staticmethod
+    def _box(u_area: torch.Tensor, u_ratio: torch.Tensor, area_range: tuple[float, float],
+             ratio_range: tuple[float, float], height: int, width: int,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box heights and widths (pixels) of random area fraction and aspect ratio."""
+        lo, hi = area_range
+        area = (lo + (hi - lo) * u_area) * height * width
+        ratio = torch.exp(math.log(ratio_range[0])
+                          + math.log(ratio_range[1] / ratio_range[0]) * u_ratio)
+        h = torch.sqrt(area / ratio).round().clamp(1, height)
+        w = torch.sqrt(area * ratio).round().clamp(1, width)
+        return h, w
+
+    def _crop_flip(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = images.shape
+        h, w = self._box(u[:, 0], u[:, 1], self.SCALE, self.RATIO, height, width)
+        top = (u[:, 2] * (height - h + 1)).floor().clamp(max=height - h)
+        left = (u[:, 3] * (width - w + 1)).floor().clamp(max=width - w)
+        out = torch.empty_like(images)
+        boxes = torch.stack([top, left, h, w], 1).long().tolist()
+        for i, (box, flip) in enumerate(zip(boxes, (u[:, 4] < 0.5).tolist(), strict=True)):
+            crop = F.resized_crop(images[i], *box, [height, width], antialias=True)
+            out[i] = crop.flip(-1) if flip else crop
+        return out
+
+    def _colour(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Brightness b, contrast c (around the mean grey m), saturation s (around each
+        pixel's grey g = w.x): ``x' = s c b x + (1 - s) c b g + (1 - c) b m``."""
+        n, _, height, width = x.shape
+        b, c, s = (1 + j * (2 * u[:, i] - 1) for i, j in enumerate(self.JITTER))
+        w = torch.tensor(_GREY, device=x.device)
+        flat = x.view(n, 3, height * width)
+        mean_grey = flat.mean(2) @ w  # (n,)
+        eye = torch.eye(3, device=x.device)
+        matrix = ((s * c * b).view(n, 1, 1) * eye
+                  + ((1 - s) * c * b).view(n, 1, 1) * w.view(1, 1, 3).expand(n, 3, 3))
+        offset = ((1 - c) * b * mean_grey).view(n, 1, 1)
+        return torch.baddbmm(offset, matrix, flat).view(n, 3, height, width)
+
+    def _erase(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Fill a random rectangle of the chosen images (in place on uint8 ``x``)."""
+        _, _, height, width = x.shape
+        eh, ew = self._box(u[:, 1], u[:, 2], self.ERASE_AREA, self.ERASE_RATIO, height, width)
+        top = (u[:, 3] * (height - eh + 1)).floor().clamp(max=height - eh)
+        left = (u[:, 4] * (width - ew + 1)).floor().clamp(max=width - ew)
+        fill = self.fill.add(0.5).to(torch.uint8).view(3, 1, 1).to(x.device)
+        boxes = torch.stack([top, left, eh, ew], 1).long().tolist()
+        chosen = (u[:, 0] < self.ERASE_P).tolist()
+        for i, ((t, lf, h, w), erase) in enumerate(zip(boxes, chosen, strict=True)):
+            if erase:
+                x[i, :, t : t + h, lf : lf + w] = fill
+        return x
+
+
+class FaceTransform:
+    """One image -> normalised ``float32 (3, S, S)``: :class:`Preprocess`, optionally
+    :class:`BatchAugment` (global generator), :class:`Normalize`. ``load(path)`` decodes with
+    the fast path."""
+
+    def __init__(
+        self, preprocess: Preprocess, normalize: Normalize, augment: BatchAugment | None = None
+    ) -> None:
+        self.preprocess, self.normalize, self.augment = preprocess, normalize, augment
+
+    def _finish(self, image: torch.Tensor) -> torch.Tensor:
+        x = image[None] if self.augment is None else self.augment(image[None])
+        return self.normalize(x)[0]
+
+    def __call__(self, image: torch.Tensor | Image.Image) -> torch.Tensor:
+        return self._finish(self.preprocess(image))
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        return self._finish(self.preprocess.load(path))
 
 
 def build_transform(
@@ -29,25 +215,15 @@ def build_transform(
     std: Sequence[float],
     crop_fraction: float = 1.0,
     augment: bool = False,
-) -> v2.Compose:
-    """PIL RGB image -> normalised float tensor ``(3, image_size, image_size)``.
+    crop_box: Sequence[float] | None = None,
+    grayscale: bool = False,
+) -> FaceTransform:
+    """PIL RGB image or ``uint8 (3, H, W)`` -> normalised ``float32 (3, S, S)``.
 
-    With ``augment``: random horizontal flip, random resized crop keeping 80-100% of the face
-    area, and mild brightness/contrast/saturation jitter (hue is left alone: skin and hair
-    colour are identity cues).
+    For evaluation and embedding one image at a time; training uses :class:`Preprocess` per
+    image and :class:`BatchAugment` per batch in the loader, :class:`Normalize` on the device.
+    ``augment`` here draws from torch's global generator.
     """
-    steps: list[torch.nn.Module] = [CenterCropFraction(crop_fraction)]
-    if augment:
-        steps += [
-            v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1),
-        ]
-    else:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
-    steps += [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ]
-    return v2.Compose(steps)
+    box = tuple(float(v) for v in crop_box) if crop_box is not None else None
+    return FaceTransform(Preprocess(image_size, crop_fraction, box, grayscale),
+                         Normalize(mean, std), BatchAugment(mean) if augment else None)
