@@ -54,6 +54,8 @@ class CollapseDetector:
         self.run, self.fired = 0, False
 
     def update(self, stats: dict[str, float]) -> bool:
+        if stats.get("n_triplets", 1.0) == 0:  # no valid triplet: all stats are 0, no evidence
+            return False
         spread = min(stats.get("mean_pairwise_distance", 1.0), stats.get("mean_d_an", 1.0))
         self.run = self.run + 1 if spread < self.threshold else 0
         if self.run >= self.patience and not self.fired:
