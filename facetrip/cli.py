@@ -104,6 +104,8 @@ def train(
         b.set_postfix(loss=f"{s.loss:.4f}", active=f"{s.stats.get('active_fraction', 0):.2f}",
                       refresh=False)
         b.update(s.images)
+        if s.batch + 1 == s.batches:  # close before validation, so the rate is training only
+            bar.pop("bar").close()
 
     def on_epoch(epoch, val) -> None:
         if "bar" in bar:

@@ -107,6 +107,9 @@ def test_other_preprocessing_or_a_broken_index_rebuilds_and_foreign_dirs_are_ref
     with pytest.raises(UserError, match="is not a facetrip cache"):
         build_cache(faces, foreign, SPEC)
     assert (foreign / "keep.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="outside the dataset"):
+        build_cache(faces, faces / "cache", SPEC)
+    assert not (faces / "cache").exists()
 
 
 def test_cli_cache_then_train_from_it_with_images_per_s_and_eta(faces, tmp_path):

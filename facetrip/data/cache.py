@@ -169,10 +169,13 @@ def build_cache(
     a full decode). ``workers`` decoding processes; ``progress(n)`` after every n files.
 
     Raises:
-        UserError: ``root`` has no usable identity, or ``out`` is a non-empty directory that
-            is not a facetrip cache.
+        UserError: ``root`` has no usable identity, ``out`` is inside ``root``, or ``out`` is
+            a non-empty directory that is not a facetrip cache.
     """
     root, out = Path(root), Path(out)
+    if out.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"put the cache outside the dataset: {display_path(out)} is inside "
+                        f"{display_path(root)}, where it would look like an identity folder")
     if out.exists() and (not out.is_dir() or
                          (any(out.iterdir()) and not (out / INDEX_NAME).is_file())):
         raise UserError(f"{out} exists and is not a facetrip cache; choose another --out")
