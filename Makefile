@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 DEMO   := runs/demo
 
-.PHONY: install demo test lint bench bench-mining bench-eval clean
+.PHONY: install demo test lint bench bench-mining bench-eval bench-data clean
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ test: install
 lint: install
 	$(BIN)/ruff check facetrip tests scripts
 
-bench: bench-mining bench-eval
+bench: bench-mining bench-eval bench-data
 
 bench-mining: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
@@ -40,6 +40,11 @@ bench-mining: install
 
 bench-eval: install
 	$(BIN)/python scripts/bench_eval.py --out bench_results/eval.json
+
+# Data pipeline vs the model: images/s from memory, JPEG files, the decoded cache and a plain
+# torchvision ImageFolder loader (LFW from ../shared/data/lfw, else a synthetic set; ~15 min on 2 CPUs).
+bench-data: install
+	$(BIN)/python scripts/bench_data.py --out bench_results/data.json
 
 clean:
 	rm -rf $(VENV) runs bench_results .pytest_cache .ruff_cache *.egg-info
