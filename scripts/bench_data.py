@@ -2,8 +2,8 @@
 
 Usage::
 
-    python scripts/bench_data.py [--data ../shared/data/lfw] [--sizes 112 64] [--steps 3]
-                                 [--rounds 2] [--workers N] [--out bench_results/data.json]
+    python scripts/bench_data.py [--data ../shared/data/lfw] [--sizes 112 64] [--steps 2]
+                                 [--rounds 6] [--workers N] [--out bench_results/data.json]
 
 For ResNet-18 (facetrip's default model, loss and optimiser) at each size, batch 128 (PK 32 x 4),
 measures training images/s of
@@ -197,8 +197,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=LFW)
     parser.add_argument("--sizes", type=int, nargs="+", default=[112, 64])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per block")
-    parser.add_argument("--rounds", type=int, default=2, help="blocks per mode")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per block")
+    parser.add_argument("--rounds", type=int, default=6, help="blocks per mode")
     parser.add_argument("--workers", type=int, default=None,
                         help="data.workers (default: facetrip's default)")
     parser.add_argument("--precision", default=None, help="train.precision (default: auto)")
