@@ -15,6 +15,7 @@ import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,10 +31,10 @@ MIN_IMAGE_SIDE = 8
 #: decode a JPEG at 1/4 (1/8) scale when it is at least 8x (16x) larger than needed, so the
 #: reduced image is still >= 2x the target and the final antialiased resize does the filtering
 _MIN_DRAFT_REDUCTION = 8
-_TORCHVISION_MODES = {
+_TORCHVISION_MODES = MappingProxyType({  # read-only: format -> modes torchvision.io decodes
     "JPEG": ("RGB", "L", "CMYK"),
     "PNG": ("RGB", "RGBA", "L", "LA", "P", "1", "I;16", "I;16B", "I", "I;16L"),
-}
+})
 
 
 class ImageError(ValueError):
