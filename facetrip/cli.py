@@ -295,7 +295,8 @@ def embed(
     dev = _device(device)
     model, cfg = model_from_checkpoint(load_checkpoint(checkpoint), dev)
     d = cfg.data
-    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction, augment=False)
+    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
+                                crop_box=d.crop_box, grayscale=d.grayscale)
     with tqdm(total=len(list_images(images)), desc="embed", unit="img") as bar:
         result = embed_folder(model, images, out, transform, dev, batch_size, workers,
                               progress=bar.update)

@@ -157,7 +157,8 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt, device)
     d = cfg.data
-    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction, augment=False)
+    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
+                                crop_box=d.crop_box, grayscale=d.grayscale)
     index = scan_identity_folder(data_dir)
     pairs = load_pairs(index, pairs_file, folds, pairs_per_fold, seed)
     emb = embed_index(model, index, transform, device, flip=flip, progress=progress)
