@@ -297,9 +297,10 @@ def embed(
     d = cfg.data
     transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
                                 crop_box=d.crop_box, grayscale=d.grayscale)
-    with tqdm(total=len(list_images(images)), desc="embed", unit="img") as bar:
+    paths = list_images(images)
+    with tqdm(total=len(paths), desc="embed", unit="img") as bar:
         result = embed_folder(model, images, out, transform, dev, batch_size, workers,
-                              progress=bar.update)
+                              progress=bar.update, paths=paths)
     if result.skipped:
         typer.echo(f"warning: skipped {len(result.skipped)} files that cannot be decoded, "
                    f"e.g. {result.skipped[0].path}", err=True)

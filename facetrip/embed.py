@@ -96,6 +96,7 @@ def embed_folder(
     batch_size: int = 256,
     workers: int = 0,
     progress: Callable[[int], None] | None = None,
+    paths: list[str] | None = None,
 ) -> EmbedResult:
     """Embed every image under ``root`` into ``out`` (npz, written atomically).
 
@@ -104,9 +105,10 @@ def embed_folder(
     each path). Rows are written to a memory-mapped scratch file as they are computed, so
     memory does not grow with N. Files that fail to decode are left out and listed in
     ``skipped``. ``progress(n)`` is called with the number of files handled per batch.
+    ``paths`` (relative to ``root``) skips the directory walk when the caller listed it already.
     """
     root, out = Path(root), Path(out)
-    paths = list_images(root)
+    paths = list_images(root) if paths is None else paths
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped: list[SkippedFile] = []
