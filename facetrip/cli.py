@@ -315,11 +315,11 @@ def export(
     """Export a TorchScript model (+ JSON sidecar) that runs without facetrip."""
     from facetrip.checkpoint import load_checkpoint, model_from_checkpoint
     from facetrip.export import export_torchscript
+    from facetrip.train import preprocess_from_config
 
     model, cfg = model_from_checkpoint(load_checkpoint(checkpoint))
-    d = cfg.data
-    path, sidecar = export_torchscript(model, out, d.image_size, d.mean, d.std,
-                                       d.crop_fraction, extra={"checkpoint": str(checkpoint)})
+    path, sidecar = export_torchscript(model, out, preprocess_from_config(cfg), cfg.data.mean,
+                                       cfg.data.std, extra={"checkpoint": str(checkpoint)})
     typer.echo(f"wrote {path} and {sidecar}")
 
 

@@ -1,16 +1,16 @@
 """Export a trained model as a TorchScript file that runs without facetrip, plus a JSON sidecar."""
 
-from __future__ import annotations
-
 import json
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from facetrip.data.transforms import Preprocess
 from facetrip.model import EmbeddingNet
 
 
@@ -19,52 +19,79 @@ class ExportedEmbedder(nn.Module):
 
     ``forward(images)``: ``(B, 3, S, S)`` float images already normalised with the sidecar's
     mean/std -> ``(B, D)`` L2-normalised embeddings.
-    ``preprocess(images)``: ``(B, 3, H, W)`` uint8 RGB -> the normalised ``(B, 3, S, S)`` input
-    (centre crop by ``crop_fraction``, bilinear antialiased resize, normalise), so a caller needs
-    nothing but torch.
+    ``preprocess(images)``: ``(B, 3, H, W)`` uint8 RGB -> the normalised ``(B, 3, S, S)`` input,
+    the same steps as facetrip's own :class:`~facetrip.data.transforms.Preprocess` (face box or
+    centre crop, antialiased bilinear resize to 8 bits, optional grey, normalise), so a
+    caller needs nothing but torch and a decoded image.
     """
 
-    def __init__(self, model: EmbeddingNet, image_size: int, mean: list[float],
-                 std: list[float], crop_fraction: float) -> None:
+    crop_box: list[float]  # TorchScript needs the element type of a possibly empty list
+
+    def __init__(self, model: EmbeddingNet, preprocess: Preprocess, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
         super().__init__()
         self.net = model
-        self.image_size = image_size
-        self.crop_fraction = crop_fraction
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.image_size = preprocess.size
+        self.crop_fraction = preprocess.crop_fraction
+        self.crop_box = list(preprocess.crop_box or [])  # [] = centre crop
+        self.grayscale = preprocess.grayscale
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def _region(self, height: int, width: int) -> list[int]:
+        """``[top, left, crop_height, crop_width]``, as ``Preprocess.region``."""
+        if len(self.crop_box) == 4:
+            x0 = int(round(self.crop_box[0] * width))
+            y0 = int(round(self.crop_box[1] * height))
+            x1 = max(x0 + 1, int(round(self.crop_box[2] * width)))
+            y1 = max(y0 + 1, int(round(self.crop_box[3] * height)))
+            return [y0, x0, min(y1, height) - y0, min(x1, width) - x0]
+        side = max(1, int(round(min(width, height) * self.crop_fraction)))
+        side_h, side_w = min(side, height), min(side, width)
+        return [int(round((height - side_h) / 2.0)), int(round((width - side_w) / 2.0)),
+                side_h, side_w]
+
     @torch.jit.export
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0
-        h, w = x.shape[-2], x.shape[-1]
-        side = max(1, int(round(min(h, w) * self.crop_fraction)))
-        top, left = (h - side) // 2, (w - side) // 2
-        x = x[:, :, top : top + side, left : left + side]
-        x = nn.functional.interpolate(x, size=[self.image_size, self.image_size],
-                                      mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+        top, left, h, w = self._region(images.shape[-2], images.shape[-1])
+        x = images[:, :, top : top + h, left : left + w]
+        size = [self.image_size, self.image_size]
+        if h != self.image_size or w != self.image_size:
+            if x.device.type == "cpu":  # torch's native uint8 kernel, as torchvision uses
+                x = nn.functional.interpolate(x, size=size, mode="bilinear",
+                                              align_corners=False, antialias=True)
+            else:  # no uint8 kernel: float, rounded back to 8 bits
+                x = nn.functional.interpolate(x.float(), size=size, mode="bilinear",
+                                              align_corners=False, antialias=True)
+                x = x.round().clamp(0.0, 255.0)
+        x = x.float()
+        if self.grayscale:  # ITU-R 601 luma truncated to 8 bits, as torchvision
+            grey = x[:, 0:1] * 0.2989 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
+            x = grey.trunc().expand(-1, 3, -1, -1)
+        return (x / 255.0 - self.mean) / self.std
 
 
 def export_torchscript(
     model: EmbeddingNet,
     out: str | Path,
-    image_size: int,
-    mean: list[float],
-    std: list[float],
-    crop_fraction: float = 1.0,
+    preprocess: Preprocess,
+    mean: Sequence[float],
+    std: Sequence[float],
     extra: dict | None = None,
 ) -> tuple[Path, Path]:
     """Script ``model`` (on CPU, eval mode) to ``out`` and write ``out`` + ``.json`` beside it.
 
-    The sidecar holds input size, mean/std, crop fraction, embedding dimension and ``extra``.
-    Returns ``(model_path, sidecar_path)``. Both files are written atomically.
+    ``preprocess`` and ``mean``/``std`` are the training run's; they become the module's
+    ``preprocess`` method and the sidecar's fields (input size, crop, grey, mean/std, embedding
+    dimension, model spec, ``extra``). Returns ``(model_path, sidecar_path)``. Both files are
+    written atomically.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    module = ExportedEmbedder(model.cpu().eval(), image_size, mean, std, crop_fraction).eval()
+    module = ExportedEmbedder(model.cpu().eval(), preprocess, mean, std).eval()
     with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; it still works
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(module)
@@ -75,18 +102,24 @@ def export_torchscript(
             os.replace(tmp, out)
         finally:
             Path(tmp).unlink(missing_ok=True)
-    sidecar = out.with_suffix(out.suffix + ".json")
     meta = {
         "format": "torchscript",
-        "input": "float32 RGB (B, 3, S, S), values in [0, 1] then (x - mean) / std",
-        "input_size": image_size,
+        "input": "float32 RGB (B, 3, S, S), values in [0, 1] then (x - mean) / std; "
+                 "module.preprocess(uint8 (B, 3, H, W)) does every step",
+        "input_size": preprocess.size,
+        "crop_fraction": preprocess.crop_fraction,
+        "crop_box": list(preprocess.crop_box) if preprocess.crop_box is not None else None,
+        "grayscale": preprocess.grayscale,
         "mean": list(mean),
         "std": list(std),
-        "crop_fraction": crop_fraction,
         "embedding_dim": model.spec.embedding_dim,
         "normalized_output": True,
         "model_spec": model.spec.to_dict(),
         **(extra or {}),
     }
-    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    sidecar = out.with_suffix(out.suffix + ".json")
+    fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", dir=out.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, sidecar)
     return out, sidecar
