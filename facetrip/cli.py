@@ -49,6 +49,9 @@ def synth(
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Parallel processes (default: one per CPU core).")
+    ] = None,
 ) -> None:
     """Generate a procedural face dataset with identities (no download needed)."""
     from facetrip.data.synth import synthesize
@@ -56,7 +59,7 @@ def synth(
     with tqdm(total=identities * images_per_identity, desc="synth", unit="img", delay=0.5) as bar:
         try:
             summary = synthesize(out, identities, images_per_identity, size, seed,
-                                 progress=bar.update, overwrite=overwrite)
+                                 progress=bar.update, overwrite=overwrite, workers=workers)
         except ValueError as exc:
             raise UserError(str(exc)) from None
     typer.echo(f"wrote {summary.images} images of {summary.identities} identities to {out}")
