@@ -141,6 +141,17 @@ def load_data(cfg: Config, device: torch.device) -> TrainData:
         raise UserError(f"data.strict: {full.skip_summary()} (first: "
                         f"{display_path(first.path)}: {first.reason})")
     train_idx, val_idx = split_identities(full, d.val_fraction, cfg.seed)
+    val_pairs = None
+    if val_idx is not None:  # drawn before any slow work, so a bad setting fails at once
+        try:
+            val_pairs = load_pairs(val_idx, None, cfg.eval.folds, cfg.eval.pairs_per_fold,
+                                   cfg.seed)
+        except UserError as exc:
+            raise UserError(
+                f"validation on the {len(val_idx.classes)} held-out identities "
+                f"(data.val_fraction={d.val_fraction}): {exc}; lower eval.pairs_per_fold or "
+                "eval.folds, or raise data.val_fraction"
+            ) from None
     min_images = max(2, d.min_images_per_identity)
     kept = filter_min_images(train_idx, min_images)
     counts = train_idx.images_per_class()
@@ -166,11 +177,10 @@ def load_data(cfg: Config, device: torch.device) -> TrainData:
         SeededItems(dataset(kept)), batch_sampler=sampler,
         collate_fn=AugmentCollate(BatchAugment(d.mean) if d.augment else None), **common,
     )
-    val_loader, val_pairs = None, None
+    val_loader = None
     if val_idx is not None:
         val_loader = torch.utils.data.DataLoader(dataset(val_idx),
                                                  batch_size=cfg.eval.batch_size, **common)
-        val_pairs = load_pairs(val_idx, None, cfg.eval.folds, cfg.eval.pairs_per_fold, cfg.seed)
     return TrainData(
         train_loader, sampler, val_loader, val_idx, val_pairs, len(kept), len(kept.classes),
         len(excluded), full.skip_summary(), normalize=Normalize(d.mean, d.std), index=full,
@@ -300,11 +310,13 @@ def train(
 
     device = resolve_device(cfg.train.device)
     autocast_dtype = resolve_precision(cfg.train.precision, device)
-    torch.manual_seed(cfg.seed)
     data = load_data(cfg, device)
     report = write_skip_report(data, run_dir / "skipped.txt")
     if report is not None and data.skip_summary:
         data.skip_summary += f"; see {report}"
+    # seeded here, after the data: building a cache draws from torch's generator (DataLoader
+    # seeds), and the initial weights must not depend on whether one was built
+    torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

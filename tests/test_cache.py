@@ -130,3 +130,19 @@ def test_cli_cache_then_train_from_it_with_images_per_s_and_eta(faces, tmp_path)
     done = [line for line in bar if line.startswith("epoch 1: 100%")]
     assert done, run.stderr
     assert "12/12 [" in done[-1] and "img/s" in done[-1] and "<00:00" in done[-1], done[-1]
+
+
+def test_training_with_a_new_cache_equals_training_from_the_files(faces, tmp_path):
+    from facetrip.checkpoint import load_checkpoint
+    from facetrip.config import load_config
+    from facetrip.train import train
+
+    sets = [f"data.root={faces}", "data.image_size=16", "data.val_fraction=0", "sampler.p=2",
+            "sampler.k=2", "sampler.batches_per_epoch=2", "train.epochs=1",
+            "model.embedding_dim=4", "train.device=cpu", "data.workers=0"]
+    train(load_config(None, sets), tmp_path / "files")
+    train(load_config(None, sets + [f"data.cache={tmp_path / 'c'}"]), tmp_path / "cached")
+    a = load_checkpoint(tmp_path / "files" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cached" / "last.pt")["model"]
+    for key in a:  # building the cache must not shift the seeded initial weights
+        assert torch.equal(a[key], b[key]), key
