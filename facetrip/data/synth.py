@@ -40,7 +40,7 @@ NOSE_STYLES = ("triangle", "line", "round")
 
 MIN_SIZE = 16
 MAX_SIZE = 512
-OCCLUSION_PROBABILITY = 0.3
+OCCLUSION_PROBABILITY = 0.2
 
 _SKIN_TONES: tuple[Colour, ...] = (
     (255, 226, 204), (241, 196, 160), (226, 172, 128), (196, 136, 90), (150, 98, 62),
@@ -172,8 +172,8 @@ def _skin_tone(rng: np.random.Generator) -> Colour:
 
 
 def _hair_colour(rng: np.random.Generator) -> Colour:
-    palette = _DYED_HAIR if rng.random() < 0.15 else _HAIR_COLOURS
-    return _jitter(rng, palette[int(rng.integers(len(palette)))], 14.0)
+    palette = _DYED_HAIR if rng.random() < 0.25 else _HAIR_COLOURS
+    return _jitter(rng, palette[int(rng.integers(len(palette)))], 20.0)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -184,7 +184,7 @@ def sample_identity(rng: np.random.Generator) -> IdentityParams:
     skin = _skin_tone(rng)
     hair_style = HAIR_STYLES[int(rng.integers(len(HAIR_STYLES)))]
     beard = "none" if rng.random() < 0.6 else BEARD_STYLES[int(rng.integers(1, len(BEARD_STYLES)))]
-    glasses = "none" if rng.random() < 0.65 else GLASSES_STYLES[int(rng.integers(1, 4))]
+    glasses = "none" if rng.random() < 0.55 else GLASSES_STYLES[int(rng.integers(1, 4))]
     mole = None
     if rng.random() < 0.3:
         mole = (float(rng.uniform(-0.6, 0.6)), float(rng.uniform(0.05, 0.45)))
@@ -198,7 +198,7 @@ def sample_identity(rng: np.random.Generator) -> IdentityParams:
         hair=_hair_colour(rng),
         eye=_jitter(rng, _EYE_COLOURS[int(rng.integers(len(_EYE_COLOURS)))], 8.0),
         lips=_mix(skin, lip_colour, float(rng.uniform(0.35, 0.75))),
-        face_width=float(rng.uniform(0.19, 0.245)),
+        face_width=float(rng.uniform(0.23, 0.29)),
         face_aspect=float(rng.uniform(1.1, 1.45)),
         squareness=float(rng.uniform(2.0, 3.6)),
         chin_taper=float(rng.uniform(0.0, 0.45)),
@@ -562,7 +562,7 @@ def _occlude(img: Image.Image, rng: np.random.Generator) -> None:
                for sl, st in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
         draw.polygon(pts, fill=colour)
     else:
-        rx, ry = rng.uniform(0.06, 0.12, 2) * canvas
+        rx, ry = rng.uniform(0.04, 0.08, 2) * canvas
         draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=colour)
 
 
@@ -575,10 +575,10 @@ def _photometric(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     phi = rng.uniform(0.0, 2.0 * math.pi)
     slope = rng.uniform(0.0, 0.25)
     light = 1.0 + slope * (math.cos(phi) * axis[None, :] + math.sin(phi) * axis[:, None])
-    gain = rng.uniform(0.85, 1.15) * (1.0 + rng.uniform(-0.04, 0.04, 3))
+    gain = rng.uniform(0.9, 1.1) * (1.0 + rng.uniform(-0.03, 0.03, 3))
     arr *= light[:, :, None] * gain.astype(np.float32)
     mean = float(arr.mean())
-    contrast, offset = rng.uniform(0.8, 1.15), rng.uniform(-12.0, 12.0)
+    contrast, offset = rng.uniform(0.85, 1.15), rng.uniform(-10.0, 10.0)
     arr = (arr - mean) * np.float32(contrast) + np.float32(mean + offset + 0.5)
     arr += rng.standard_normal(arr.shape, dtype=np.float32) * np.float32(rng.uniform(2.0, 8.0))
     return Image.fromarray(np.clip(arr, 0.0, 255.0).astype(np.uint8), "RGB")
