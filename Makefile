@@ -20,7 +20,7 @@ demo: install
 	rm -rf $(DEMO)
 	$(BIN)/facetrip synth $(DEMO)/data/train --identities 300 --images-per-identity 20 --size 64 --seed 0
 	$(BIN)/facetrip synth $(DEMO)/data/test --identities 100 --images-per-identity 10 --size 64 --seed 1
-	$(BIN)/facetrip train --config configs/quickstart.yaml --set data.root=$(DEMO)/data/train --out $(DEMO)/run
+	$(BIN)/facetrip train --config configs/quickstart.yaml --set data.root=$(DEMO)/data/train --set data.cache=$(DEMO)/cache --out $(DEMO)/run
 	$(BIN)/facetrip eval --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/data/test --baseline pixels --out $(DEMO)/eval
 	$(BIN)/facetrip export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/export/model.pt
 	$(BIN)/facetrip embed $(DEMO)/data/test --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/embeddings.npz

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from facetrip.config import Config, config_from_dict, config_to_dict, load_config, parse_overrides
@@ -54,3 +56,17 @@ def test_round_trip_through_dict():
 
 def test_parse_overrides_nests():
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
+
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert any(p.name == "quickstart.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    # make demo and the README use these files; a typo in one must fail here, not mid-demo
+    cfg = load_config(path, ["data.root=somewhere"])
+    assert cfg.train.epochs >= 1 and cfg.sampler.p * cfg.sampler.k >= 2
