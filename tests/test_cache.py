@@ -146,3 +146,29 @@ def test_training_with_a_new_cache_equals_training_from_the_files(faces, tmp_pat
     b = load_checkpoint(tmp_path / "cached" / "last.pt")["model"]
     for key in a:  # building the cache must not shift the seeded initial weights
         assert torch.equal(a[key], b[key]), key
+
+
+def test_concurrent_builds_of_one_cache_build_it_once(faces, tmp_path):
+    import threading
+
+    from facetrip.data.cache import _locked
+
+    out = tmp_path / "c"
+    results = []
+
+    def build():
+        cache, why = load_or_build_cache(faces, out, SPEC)
+        results.append((cache.images_file, why))
+
+    with _locked(out):  # someone else is building: both callers wait for the lock
+        threads = [threading.Thread(target=build) for _ in range(2)]
+        for t in threads:
+            t.start()
+        threads[0].join(0.5)
+        assert all(t.is_alive() for t in threads) and not results
+    for t in threads:
+        t.join(60)
+    assert sorted(why is None for _, why in results) == [False, True]  # built once, reused once
+    assert len({name for name, _ in results}) == 1
+    assert len(list(out.glob("images-*.npy"))) == 1
+    assert np.array_equal(open_cache(out).images, build_cache(faces, tmp_path / "d", SPEC).images)

@@ -10,17 +10,20 @@ A cache is a directory::
 ``index.json`` is written last (temp file + rename), so a crash mid-build leaves the previous
 cache intact. A cache is only used when the dataset still lists exactly the same files with
 the same sizes and modification times, and was built with the same preprocessing; otherwise
-:func:`load_or_build_cache` rebuilds it, so a changed dataset is never served stale.
+:func:`load_or_build_cache` rebuilds it, so a changed dataset is never served stale. Checking
+and building happen under an exclusive lock on ``CACHE/.lock`` (POSIX ``flock``), so two runs
+started on the same cache build it once and the second reuses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "facetrip-decoded-cache", 1
 INDEX_NAME = "index.json"
+LOCK_NAME = ".lock"
 
 
 @dataclass
@@ -173,14 +177,45 @@ def build_cache(
             a non-empty directory that is not a facetrip cache.
     """
     root, out = Path(root), Path(out)
+    _check_cache_dir(root, out)
+    with _locked(out):
+        return _build(root, out, spec, workers, progress)
+
+
+def _check_cache_dir(root: Path, out: Path) -> None:
+    """UserError unless ``out`` is outside ``root`` and is absent, empty or a facetrip cache."""
     if out.resolve().is_relative_to(root.resolve()):
         raise UserError(f"put the cache outside the dataset: {display_path(out)} is inside "
                         f"{display_path(root)}, where it would look like an identity folder")
-    if out.exists() and (not out.is_dir() or
-                         (any(out.iterdir()) and not (out / INDEX_NAME).is_file())):
+    if out.exists() and (not out.is_dir() or (
+            any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / INDEX_NAME).is_file())):
         raise UserError(f"{out} exists and is not a facetrip cache; choose another --out")
-    files, identity_dirs = list_dataset(root)  # stat before decoding: a later edit is stale
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out/.lock`` (creating ``out``); waits for another holder.
+
+    Advisory ``flock``: it orders facetrip processes (and threads, each opening the file
+    anew) that check or build this cache. Where ``fcntl`` does not exist it does nothing.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(out / LOCK_NAME, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _build(root: Path, out: Path, spec: Preprocess, workers: int,
+           progress: Callable[[int], None] | None) -> DecodedCache:
+    files, identity_dirs = list_dataset(root)  # stat before decoding: a later edit is stale
     token = uuid.uuid4().hex[:12]
     images_file = f"images-{token}.npy"
     tmp_images = out / f".{images_file}.tmp"
@@ -246,7 +281,14 @@ def load_or_build_cache(
     Returns ``(cache, why)``: ``why`` is ``None`` when the existing cache was used, otherwise
     why it was built, e.g. ``"3 files changed"`` or ``"no cache yet"``.
     """
-    path = Path(path)
+    root, path = Path(root), Path(path)
+    _check_cache_dir(root, path)
+    with _locked(path):  # a concurrent build finishes first; then this one may reuse it
+        return _open_or_build(root, path, spec, workers, progress)
+
+
+def _open_or_build(root: Path, path: Path, spec: Preprocess, workers: int,
+                   progress: Callable[[int], None] | None) -> tuple[DecodedCache, str | None]:
     why: str | None
     if not (path / INDEX_NAME).is_file():
         why = "no cache yet"
@@ -264,4 +306,4 @@ def load_or_build_cache(
             if why is None:
                 return cache, None
     log.info("building the decoded cache %s (%s)", display_path(path), why)
-    return build_cache(root, path, spec, workers, progress), why
+    return _build(root, path, spec, workers, progress), why
