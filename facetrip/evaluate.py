@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,8 @@ class Evaluation:
     paths: list[str] | None = None  #: (N,) item paths relative to ``root``
     root: Path | None = None
     run_dir: Path | None = None  #: the training run of the checkpoint, when known
+    #: baseline name -> (P,) pair distances on the same pairs (``--baseline``)
+    baseline_distances: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def score_embeddings(
@@ -168,8 +170,9 @@ def evaluate_checkpoint(
                          run_dir=run_dir if (run_dir / "metrics.jsonl").is_file() else None)
     if baseline == "pixels":
         pixels = pixel_embeddings(index, transform)
-        result.metrics["baselines"] = {"pixels": score_embeddings(
-            pixels, index.labels, pairs, metric, ks)[0]}
+        scores, result.baseline_distances["pixels"] = score_embeddings(
+            pixels, index.labels, pairs, metric, ks)
+        result.metrics["baselines"] = {"pixels": scores}
     result.metrics.update(
         dataset={"root": str(data_dir), "images": len(index), "identities": len(index.classes),
                  "pairs_file": str(pairs_file) if pairs_file else None},

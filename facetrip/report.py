@@ -310,17 +310,24 @@ def _roc_section(ev: Evaluation) -> str:
             "ROC curve undefined: the pairs contain only one class (same or different)."))
     n_neg = int((~issame).sum())
     floor = 0.5 / n_neg
-    img = _figure_img(_roc_figure(roc, _verification(ev).get("eer"), floor), "ROC curve")
+    baselines = {name: roc_curve(d, issame) for name, d in ev.baseline_distances.items()}
+    fig = _roc_figure(roc, _verification(ev).get("eer"), floor, baselines)
+    img = _figure_img(fig, "ROC curve")
+    extra = f" Baselines on the same pairs: {', '.join(baselines)}." if baselines else ""
     note = _note(f"False accept rate on a log scale; points with FAR = 0 are drawn at the left "
-                 f"edge ({floor:.2g} = 0.5 / {n_neg} different pairs).")
+                 f"edge ({floor:.2g} = 0.5 / {n_neg} different pairs).{extra}")
     return _section("roc", "ROC curve", img + note)
 
 
-def _roc_figure(roc: dict, eer: float | None, floor: float) -> Figure:
+def _roc_figure(roc: dict, eer: float | None, floor: float,
+                baselines: dict[str, dict] | None = None) -> Figure:
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
     fpr = np.maximum(np.asarray(roc["fpr"], dtype=float), floor)
     ax.plot(fpr, roc["tpr"], color="C0", lw=1.8, label="model")
+    for i, (name, base) in enumerate((baselines or {}).items()):
+        base_fpr = np.maximum(np.asarray(base["fpr"], dtype=float), floor)
+        ax.plot(base_fpr, base["tpr"], "--", color=f"C{i + 1}", lw=1.4, label=name)
     chance = np.logspace(math.log10(floor), 0, 100)
     ax.plot(chance, chance, ":", color="grey", lw=1, label="chance")
     if eer is not None and math.isfinite(eer):

@@ -110,8 +110,9 @@ def evaluation(tmp_path_factory: pytest.TempPathFactory) -> Evaluation:
     ev = _evaluation(emb, labels, pairs, paths=paths, root=tmp / "data",
                      run_dir=_write_run(tmp / "run"))
     noise = rng.normal(size=emb.shape).astype(np.float32)
-    ev.metrics["baselines"] = {"pixels": score_embeddings(noise, labels, pairs, "euclidean",
-                                                          ks=(1, 5))[0]}
+    scores, ev.baseline_distances["pixels"] = score_embeddings(noise, labels, pairs,
+                                                               "euclidean", ks=(1, 5))
+    ev.metrics["baselines"] = {"pixels": scores}
     return ev
 
 
@@ -149,6 +150,7 @@ def test_report_is_self_contained_and_complete(report: Path) -> None:
                   "<th>pixels</th>", "runs/x/best.pt", "synthetic", "n/a"):
         assert label in summary, label
     assert "validation accuracy 0.8900 (epoch 2)" in _section_text(text, "training")
+    assert "Baselines on the same pairs: pixels" in _section_text(text, "roc")
     n_plots = 3  # ROC, histograms, training
     assert len(page.img_srcs) > n_plots  # thumbnails too
     for sid in GRIDS:
