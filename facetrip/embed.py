@@ -38,13 +38,16 @@ class PathDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: Path, paths: list[str], transform: Callable) -> None:
         self.root, self.paths, self.transform = root, paths, transform
+        # decode as training and eval do (fast path, reduced-scale JPEGs) when the transform can
+        self._load = getattr(transform, "load", None)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
+        path = self.root / self.paths[i]
         try:
-            return self.transform(load_rgb(self.root / self.paths[i])), i
+            return (self._load(path) if self._load else self.transform(load_rgb(path))), i
         except Exception:  # any decode failure: reported by the caller, never fatal
             return None, i
 
