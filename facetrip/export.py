@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from facetrip.data.crop import crop_region
 from facetrip.data.transforms import Preprocess
 from facetrip.model import EmbeddingNet
 
@@ -41,22 +42,10 @@ class ExportedEmbedder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def _region(self, height: int, width: int) -> list[int]:
-        """``[top, left, crop_height, crop_width]``, as ``Preprocess.region``."""
-        if len(self.crop_box) == 4:
-            x0 = int(round(self.crop_box[0] * width))
-            y0 = int(round(self.crop_box[1] * height))
-            x1 = max(x0 + 1, int(round(self.crop_box[2] * width)))
-            y1 = max(y0 + 1, int(round(self.crop_box[3] * height)))
-            return [y0, x0, min(y1, height) - y0, min(x1, width) - x0]
-        side = max(1, int(round(min(width, height) * self.crop_fraction)))
-        side_h, side_w = min(side, height), min(side, width)
-        return [int(round((height - side_h) / 2.0)), int(round((width - side_w) / 2.0)),
-                side_h, side_w]
-
     @torch.jit.export
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        top, left, h, w = self._region(images.shape[-2], images.shape[-1])
+        top, left, h, w = crop_region(images.shape[-2], images.shape[-1],
+                                      self.crop_fraction, self.crop_box)
         x = images[:, :, top : top + h, left : left + w]
         size = [self.image_size, self.image_size]
         if h != self.image_size or w != self.image_size:

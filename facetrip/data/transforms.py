@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as F
 
+from facetrip.data.crop import crop_region
 from facetrip.data.decode import decode_rgb
 
 _GREY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision
@@ -43,16 +44,7 @@ class Preprocess:
 
     def region(self, width: int, height: int) -> tuple[int, int, int, int]:
         """``(top, left, crop_height, crop_width)`` in pixels of a ``width x height`` image."""
-        if self.crop_box is not None:
-            left, top, right, bottom = self.crop_box
-            x0, y0 = int(round(left * width)), int(round(top * height))
-            x1 = max(x0 + 1, int(round(right * width)))
-            y1 = max(y0 + 1, int(round(bottom * height)))
-            return y0, x0, min(y1, height) - y0, min(x1, width) - x0
-        side = max(1, int(round(min(width, height) * self.crop_fraction)))
-        side_h, side_w = min(side, height), min(side, width)
-        return (int(round((height - side_h) / 2.0)), int(round((width - side_w) / 2.0)),
-                side_h, side_w)
+        return crop_region(height, width, self.crop_fraction, list(self.crop_box or []))
 
     def reduction(self, width: int, height: int) -> int:
         """How many times larger than needed the crop of a ``width x height`` image is."""
