@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetrip.data.dataset import load_rgb
+from facetrip.data.dataset import load_transformed
 from facetrip.data.folder import IMAGE_EXTENSIONS, SkippedFile
 from facetrip.engine import embed_images
 from facetrip.errors import UserError
@@ -38,16 +38,13 @@ class PathDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: Path, paths: list[str], transform: Callable) -> None:
         self.root, self.paths, self.transform = root, paths, transform
-        # decode as training and eval do (fast path, reduced-scale JPEGs) when the transform can
-        self._load = getattr(transform, "load", None)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
-        path = self.root / self.paths[i]
-        try:
-            return (self._load(path) if self._load else self.transform(load_rgb(path))), i
+        try:  # decoded as training and eval decode (load_transformed)
+            return load_transformed(self.transform, self.root / self.paths[i]), i
         except Exception:  # any decode failure: reported by the caller, never fatal
             return None, i
 

@@ -33,6 +33,14 @@ def load_rgb(path: str | Path) -> Image.Image:
     return decode_pil(path)
 
 
+def load_transformed(transform: Callable, path: str | Path) -> torch.Tensor:
+    """``transform.load(path)`` when the transform has one (:class:`Preprocess` and
+    ``build_transform``'s result: the fast decoder, reduced-scale large JPEGs), else
+    ``transform(load_rgb(path))``. Raises what decoding raises for an unusable file."""
+    load = getattr(transform, "load", None)
+    return load(path) if load is not None else transform(load_rgb(path))
+
+
 class FaceDataset(torch.utils.data.Dataset):
     """``dataset[i] -> (transform(image i), label)`` for the images of ``index``.
 
@@ -48,7 +56,6 @@ class FaceDataset(torch.utils.data.Dataset):
     def __init__(self, index: ImageFolderIndex, transform: Callable) -> None:
         self.index = index
         self.transform = transform
-        self._load = getattr(transform, "load", None)
         self._failures = multiprocessing.Value("q", 0)
         self._by_class: list[list[int]] = [[] for _ in index.classes]
         for i, label in enumerate(index.labels.tolist()):
@@ -70,9 +77,7 @@ class FaceDataset(torch.utils.data.Dataset):
             j = candidates[(start + offset) % len(candidates)]
             path = self.index.root / self.index.paths[j]
             try:
-                if self._load is not None:
-                    return self._load(path), label
-                return self.transform(load_rgb(path)), label
+                return load_transformed(self.transform, path), label
             except (ImageError, OSError, ValueError) as exc:
                 with self._failures.get_lock():
                     self._failures.value += 1
