@@ -43,11 +43,11 @@ from facetrip.engine import (
     train_one_epoch,
 )
 from facetrip.errors import UserError
-from facetrip.evaluate import load_pairs, pair_distances
+from facetrip.evaluate import pair_distances
 from facetrip.losses import TripletLoss
 from facetrip.metrics import verification_metrics
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
-from facetrip.pairs import PairIndexList
+from facetrip.pairs import PairIndexList, generate_pairs
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +144,14 @@ def load_data(cfg: Config, device: torch.device) -> TrainData:
     val_pairs = None
     if val_idx is not None:  # drawn before any slow work, so a bad setting fails at once
         try:
-            val_pairs = load_pairs(val_idx, None, cfg.eval.folds, cfg.eval.pairs_per_fold,
-                                   cfg.seed)
-        except UserError as exc:
+            val_pairs = generate_pairs(val_idx.labels, cfg.eval.folds, cfg.eval.pairs_per_fold,
+                                       cfg.seed)
+        except ValueError as exc:
             raise UserError(
-                f"validation on the {len(val_idx.classes)} held-out identities "
-                f"(data.val_fraction={d.val_fraction}): {exc}; lower eval.pairs_per_fold or "
-                "eval.folds, or raise data.val_fraction"
+                f"cannot draw {cfg.eval.folds} x {cfg.eval.pairs_per_fold} validation pairs "
+                f"from the {len(val_idx.classes)} held-out identities (data.val_fraction="
+                f"{d.val_fraction}): {exc} (config keys: eval.pairs_per_fold, eval.folds, "
+                "data.val_fraction)"
             ) from None
     min_images = max(2, d.min_images_per_identity)
     kept = filter_min_images(train_idx, min_images)
