@@ -16,6 +16,7 @@ Only Pillow and numpy are used; nothing is printed.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -687,9 +688,8 @@ def synthesize(
     workers = min(workers or os.cpu_count() or 1, identities)
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
-        counts = pool.map(_write_identity, tasks, chunksize=4) if pool else map(_write_identity,
-                                                                                tasks)
-        for count in counts:
+        run = functools.partial(pool.map, chunksize=4) if pool is not None else map
+        for count in run(_write_identity, tasks):
             if progress is not None:
                 progress(count)
     finally:
