@@ -2,7 +2,8 @@
 
 Every key is declared here with its type and default, so a typo or a wrong type is an error
 that names the key instead of a silently ignored setting. The resolved config is saved with
-every run and inside every checkpoint, from which :func:`config_from_dict` rebuilds it.
+every run and inside every checkpoint, from which :func:`config_from_dict` rebuilds it;
+:func:`resume_config` decides what a resumed run may change.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from facetrip.errors import UserError
+from facetrip.io import atomic_write
 
 _UNIONS = (Union, types.UnionType)
 
@@ -272,5 +274,28 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (atomically)."""
+    atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def changed_keys(a: Config, b: Config) -> list[str]:
+    """The dotted keys whose values differ between ``a`` and ``b`` (``seed`` included)."""
+    da, db = config_to_dict(a), config_to_dict(b)
+    return [
+        f"{section}.{key}"
+        for section, values in da.items() if isinstance(values, dict)
+        for key, value in values.items() if db[section][key] != value
+    ] + (["seed"] if da["seed"] != db["seed"] else [])
+
+
+def resume_config(saved: Config, wanted: Config) -> Config:
+    """The config a resumed run continues with: the saved one, where only ``train.epochs``
+    may differ (grow or shrink). Raises UserError naming every other changed key."""
+    diffs = [k for k in changed_keys(saved, wanted) if k != "train.epochs"]
+    if diffs:
+        raise UserError(
+            "cannot resume with a different config (changed: " + ", ".join(diffs) + "); "
+            "start a new run with --out instead"
+        )
+    saved.train.epochs = wanted.train.epochs
+    return saved

@@ -20,12 +20,12 @@ measures training images/s of
 
 each as a ratio to (a): overall (total images / total time) and per round (each block against
 the (a) block of the same round; their median and range show the noise). All steps go through
-``facetrip.engine.train_one_epoch``. The modes run in short blocks, interleaved (a b c d a b c
-d ...), in one process, so a change in the load of a shared machine hits all of them alike;
-each block starts with one untimed step (iterator start, worker start-up, prefetch) and then
-times ``--steps`` steps. Also reports each loader's own throughput without the model (same
+``facetrip.training.loop.train_one_epoch``. The modes run in short blocks, interleaved (a b c d
+a b c d ...), in one process, so a change in the load of a shared machine hits all of them
+alike; each block starts with one untimed step (iterator start, worker start-up, prefetch) and
+then times ``--steps`` steps. Also reports each loader's own throughput without the model (same
 worker count), the load average and the cache build time. Uses LFW when present, else a
-synthetic set (``facetrip.data.synth``). Workers use the default count unless ``--workers``.
+synthetic set (``facetrip.synth``). Workers use the default count unless ``--workers``.
 Prints a markdown table and writes JSON.
 """
 
@@ -50,9 +50,8 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facetrip.config import Config, load_config  # noqa: E402
-from facetrip.engine import StepLog, train_one_epoch  # noqa: E402
-from facetrip.losses import TripletLoss  # noqa: E402
-from facetrip.train import (  # noqa: E402
+from facetrip.training.build import (  # noqa: E402
+    build_loss,
     build_model,
     build_optimizer,
     build_scheduler,
@@ -60,6 +59,8 @@ from facetrip.train import (  # noqa: E402
     resolve_precision,
     resolve_workers,
 )
+from facetrip.training.loop import StepLog, StepOptions, train_one_epoch  # noqa: E402
+from facetrip.training.state import TrainState  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 P, K = 32, 4
@@ -150,24 +151,24 @@ def bench_size(cfg: Config, root: Path, crop: int | None, steps: int, rounds: in
     model = build_model(cfg)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = TripletLoss(mining=cfg.loss.mining, margin=cfg.loss.margin,
-                          distance=cfg.loss.distance)
+    loss_fn = build_loss(cfg)
     optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, per_block)
+    state = TrainState(model, optimizer, build_scheduler(cfg, optimizer, per_block))
     autocast = resolve_precision(cfg.train.precision, device)
     times: dict[str, list[float]] = {m: [] for m in MODES}
     block_ips: dict[str, list[float]] = {m: [] for m in MODES}
-    train_one_epoch(model, loss_fn, optimizer, scheduler, Limited(loaders["a"][0], 2), device,
-                    0, channels_last=cfg.train.channels_last, autocast_dtype=autocast)  # warm-up
+    options = {m: StepOptions(device, cfg.train.channels_last, autocast_dtype=autocast,
+                              batch_transform=transform)
+               for m, (_, transform) in loaders.items()}
+    train_one_epoch(state, loss_fn, Limited(loaders["a"][0], 2), options["a"])  # warm-up
     loads = [os.getloadavg()[0]]
     for r in range(rounds):
-        for mode, (loader, transform) in loaders.items():
+        for mode, (loader, _) in loaders.items():
             if hasattr(getattr(loader, "batch_sampler", None), "set_epoch"):
                 loader.batch_sampler.set_epoch(r)
             logs: list[StepLog] = []
-            train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, r,
-                            channels_last=cfg.train.channels_last, on_step=logs.append,
-                            batch_transform=transform, autocast_dtype=autocast)
+            state.epoch, state.batch = r, 0
+            train_one_epoch(state, loss_fn, loader, options[mode], on_step=logs.append)
             seconds = [s.images / s.images_per_s for s in logs[1:]]  # per timed step
             times[mode] += seconds
             block_ips[mode].append(len(seconds) * P * K / sum(seconds))
@@ -209,7 +210,7 @@ def main() -> None:
     tmp = None
     root, crop_fraction = args.data, 0.6
     if not (root / "pairs.txt").is_file() and not any(root.glob("*/*.jpg")):
-        from facetrip.data.synth import synthesize
+        from facetrip.synth import synthesize
 
         tmp = tempfile.TemporaryDirectory()
         root, crop_fraction = Path(tmp.name) / "synth", 1.0

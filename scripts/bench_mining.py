@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facetrip.losses import triplet_loss  # noqa: E402
+from facetrip.loss.triplet import triplet_loss  # noqa: E402
 
 MODES = ("semihard", "semihard_all", "batch_hard", "batch_all", "all")
 WITH_PML = ("semihard_all", "batch_hard", "batch_all")

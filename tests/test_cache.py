@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from facetrip.cli import app
 from facetrip.data.cache import INDEX_NAME, build_cache, load_or_build_cache, open_cache
 from facetrip.data.dataset import CachedFaceDataset, FaceDataset
-from facetrip.data.folder import list_dataset
+from facetrip.data.index import list_dataset
 from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
 
@@ -133,9 +133,9 @@ def test_cli_cache_then_train_from_it_with_images_per_s_and_eta(faces, tmp_path)
 
 
 def test_training_with_a_new_cache_equals_training_from_the_files(faces, tmp_path):
-    from facetrip.checkpoint import load_checkpoint
     from facetrip.config import load_config
-    from facetrip.train import train
+    from facetrip.training.checkpoint import load_checkpoint
+    from facetrip.training.train import train
 
     sets = [f"data.root={faces}", "data.image_size=16", "data.val_fraction=0", "sampler.p=2",
             "sampler.k=2", "sampler.batches_per_epoch=2", "train.epochs=1",
@@ -151,7 +151,8 @@ def test_training_with_a_new_cache_equals_training_from_the_files(faces, tmp_pat
 def test_concurrent_builds_of_one_cache_build_it_once(faces, tmp_path):
     import threading
 
-    from facetrip.data.cache import _locked
+    from facetrip.data.cache import LOCK_NAME
+    from facetrip.io import locked
 
     out = tmp_path / "c"
     results = []
@@ -160,7 +161,7 @@ def test_concurrent_builds_of_one_cache_build_it_once(faces, tmp_path):
         cache, why = load_or_build_cache(faces, out, SPEC)
         results.append((cache.images_file, why))
 
-    with _locked(out):  # someone else is building: both callers wait for the lock
+    with locked(out / LOCK_NAME):  # someone else is building: both callers wait for the lock
         threads = [threading.Thread(target=build) for _ in range(2)]
         for t in threads:
             t.start()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from facetrip.checkpoint import load_checkpoint, model_from_checkpoint
 from facetrip.config import load_config
-from facetrip.train import train
+from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
+from facetrip.training.train import train
 
 TINY = [
     "data.image_size=32", "data.val_fraction=0.25", "sampler.p=4", "sampler.k=4",

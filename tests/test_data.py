@@ -7,7 +7,7 @@ from torchvision.transforms.v2 import functional as F
 from facetrip.config import load_config
 from facetrip.data.dataset import FaceDataset, load_rgb
 from facetrip.data.decode import decode_rgb
-from facetrip.data.folder import filter_min_images, scan_identity_folder, split_identities
+from facetrip.data.index import filter_min_images, scan_identity_folder, split_identities
 from facetrip.data.transforms import (
     BatchAugment,
     Normalize,
@@ -15,9 +15,10 @@ from facetrip.data.transforms import (
     batch_seed,
     build_transform,
 )
-from facetrip.engine import train_one_epoch
 from facetrip.errors import UserError
-from facetrip.train import load_data, resolve_precision
+from facetrip.training.build import load_data, resolve_precision
+from facetrip.training.loop import StepOptions, train_one_epoch
+from facetrip.training.state import TrainState
 
 
 def _img(path, mode="RGB", size=(20, 24), color=128):
@@ -200,10 +201,11 @@ def test_autocast_training_steps_on_cpu(dtype):
     loader = [(images, torch.tensor([0, 0, 1, 1]))] * 2
     scaler = torch.amp.GradScaler("cpu") if dtype == torch.float16 else None
     before = model[0].weight.detach().clone()
-    steps = train_one_epoch(model, loss_fn, opt, sched, loader, torch.device("cpu"), 0,
-                            batch_transform=Normalize([0.5] * 3, [0.5] * 3),
-                            autocast_dtype=dtype, scaler=scaler)
-    assert steps == 2 and not torch.equal(before, model[0].weight)
+    state = TrainState(model, opt, sched, scaler)
+    train_one_epoch(state, loss_fn, loader,
+                    StepOptions(torch.device("cpu"), autocast_dtype=dtype,
+                                batch_transform=Normalize([0.5] * 3, [0.5] * 3)))
+    assert state.step == state.batch == 2 and not torch.equal(before, model[0].weight)
     assert resolve_precision("auto", torch.device("cpu")) is None
     with pytest.raises(UserError, match="fp16 needs CUDA"):
         resolve_precision("fp16", torch.device("cpu"))

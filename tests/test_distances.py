@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from facetrip.distances import pairwise_distances
+from facetrip.loss.distances import pairwise_distances
 
 
 def _brute(x, y, distance):

@@ -4,10 +4,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facetrip.data.folder import scan_identity_folder
+from facetrip.data.index import scan_identity_folder
 from facetrip.data.transforms import build_transform
-from facetrip.embed import embed_folder
-from facetrip.evaluate import embed_index
+from facetrip.deploy.embed import embed_folder
+from facetrip.evaluation.evaluate import embed_index
 from facetrip.model import EmbeddingNet, ModelSpec
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from facetrip.engine import CollapseDetector, cosine_warmup_lambda
+from facetrip.training.build import cosine_warmup_lambda
+from facetrip.training.loop import CollapseDetector
 
 COLLAPSED = {"mean_pairwise_distance": 1e-5, "mean_d_an": 1e-5, "n_triplets": 10.0}
 HEALTHY = {"mean_pairwise_distance": 0.8, "mean_d_an": 0.9, "n_triplets": 10.0}

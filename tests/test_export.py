@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from facetrip.data.transforms import Normalize, Preprocess
-from facetrip.export import export_torchscript
+from facetrip.deploy.export import export_torchscript
 from facetrip.model import EmbeddingNet, ModelSpec
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.5, 0.2]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from facetrip.checkpoint import atomic_save
 from facetrip.config import config_to_dict, load_config
+from facetrip.io import atomic_torch_save as atomic_save
 from facetrip.model import EmbeddingNet, ModelSpec
 
 LFW = Path(os.environ.get("FACETRIP_LFW", Path(__file__).resolve().parents[2] / "shared/data/lfw"))

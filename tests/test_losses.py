@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facetrip import mining
-from facetrip.distances import DISTANCES, pairwise_distances
-from facetrip.losses import (
+from facetrip.loss import mining
+from facetrip.loss.distances import DISTANCES, pairwise_distances
+from facetrip.loss.triplet import (
     MININGS,
     STAT_NAMES,
     TripletLoss,

@@ -10,8 +10,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from facetrip.distances import pairwise_distances
-from facetrip.metrics import knn, retrieval_metrics, roc_curve, verification_metrics
+from facetrip.evaluation.knn import knn
+from facetrip.evaluation.retrieval import retrieval_metrics
+from facetrip.evaluation.verification import roc_curve, verification_metrics
+from facetrip.loss.distances import pairwise_distances
 
 # --------------------------------------------------------------------------- references
 

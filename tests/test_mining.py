@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facetrip import mining
-from facetrip.distances import pairwise_distances
+from facetrip.loss import mining
+from facetrip.loss.distances import pairwise_distances
 
 
 def grid_batch(seed: int, batch: int = 10, n_ids: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

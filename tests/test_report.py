@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facetrip.evaluate import Evaluation, score_embeddings
-from facetrip.metrics import knn
-from facetrip.pairs import PairIndexList, generate_pairs
-from facetrip.report import PNG_PREFIX, write_report
+from facetrip.evaluation.evaluate import Evaluation, score_embeddings
+from facetrip.evaluation.knn import knn
+from facetrip.evaluation.pairs import PairIndexList, generate_pairs
+from facetrip.evaluation.report import PNG_PREFIX, write_report
 
 SECTIONS = ("summary", "roc", "distances", "training", "false-accepts", "false-rejects",
             "retrieval-failures")

@@ -15,10 +15,11 @@ from facetrip.config import load_config
 from facetrip.data.cache import build_cache
 from facetrip.data.dataset import FaceDataset
 from facetrip.data.decode import decode_rgb
-from facetrip.data.folder import filter_min_images, scan_identity_folder
+from facetrip.data.index import filter_min_images, scan_identity_folder
 from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
-from facetrip.train import load_data, train
+from facetrip.training.build import load_data
+from facetrip.training.train import train
 
 NON_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # a name that is not valid UTF-8 on disk
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facetrip.data.synth import (
+from facetrip.synth.faces import (
     IdentityParams,
     SynthSummary,
     render_face,
@@ -138,9 +138,9 @@ def test_refuses_a_file_as_output(tmp_path: Path) -> None:
 def test_raw_pixels_verify_identities_poorly(tmp_path: Path) -> None:
     # The generator's contract (issue 2): pixels at most 0.75 on held-out identities. The same
     # protocol as the demo's eval (32 px, standardised pixels, 10-fold) on a smaller set.
-    from facetrip.data.folder import scan_identity_folder
+    from facetrip.data.index import scan_identity_folder
     from facetrip.data.transforms import build_transform
-    from facetrip.evaluate import load_pairs, pixel_embeddings, score_embeddings
+    from facetrip.evaluation.evaluate import load_pairs, pixel_embeddings, score_embeddings
 
     synthesize(tmp_path, identities=60, images_per_identity=6, size=64, seed=1)
     index = scan_identity_folder(tmp_path)

@@ -11,19 +11,17 @@ A cache is a directory::
 cache intact. A cache is only used when the dataset still lists exactly the same files with
 the same sizes and modification times, and was built with the same preprocessing; otherwise
 :func:`load_or_build_cache` rebuilds it, so a changed dataset is never served stale. Checking
-and building happen under an exclusive lock on ``CACHE/.lock`` (POSIX ``flock``), so two runs
-started on the same cache build it once and the second reuses it.
+and building happen under an exclusive lock on ``CACHE/.lock`` (:func:`facetrip.io.locked`),
+so two runs started on the same cache build it once and the second reuses it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +29,10 @@ import numpy as np
 import torch
 
 from facetrip.data.decode import ImageError, display_path, probe_image
-from facetrip.data.folder import ImageFolderIndex, SourceFile, build_index, list_dataset
+from facetrip.data.index import ImageFolderIndex, SourceFile, build_index, list_dataset
 from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
+from facetrip.io import atomic_write, locked
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +152,6 @@ class _DecodeFiles(torch.utils.data.Dataset):
             return i, None, str(exc), (0, 0)
 
 
-def _fsync_write(path: Path, text: str) -> None:
-    with open(path, "w", encoding="ascii") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def build_cache(
     root: str | Path,
     out: str | Path,
@@ -178,7 +170,7 @@ def build_cache(
     """
     root, out = Path(root), Path(out)
     _check_cache_dir(root, out)
-    with _locked(out):
+    with locked(out / LOCK_NAME):
         return _build(root, out, spec, workers, progress)
 
 
@@ -190,27 +182,6 @@ def _check_cache_dir(root: Path, out: Path) -> None:
     if out.exists() and (not out.is_dir() or (
             any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / INDEX_NAME).is_file())):
         raise UserError(f"{out} exists and is not a facetrip cache; choose another --out")
-
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out/.lock`` (creating ``out``); waits for another holder.
-
-    Advisory ``flock``: it orders facetrip processes (and threads, each opening the file
-    anew) that check or build this cache. Where ``fcntl`` does not exist it does nothing.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(out / LOCK_NAME, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _build(root: Path, out: Path, spec: Preprocess, workers: int,
@@ -250,14 +221,7 @@ def _build(root: Path, out: Path, spec: Preprocess, workers: int,
             "sources": [[f.path, f.identity, f.size, f.mtime_ns] for f in files],
             "reasons": reasons, "original_sizes": sizes.tolist(),
         }
-        fd, tmp_index = tempfile.mkstemp(prefix=f".{INDEX_NAME}.", suffix=".tmp", dir=out)
-        os.close(fd)
-        try:
-            _fsync_write(Path(tmp_index), json.dumps(meta))
-            os.replace(tmp_index, out / INDEX_NAME)  # the commit point
-        except BaseException:
-            Path(tmp_index).unlink(missing_ok=True)
-            raise
+        atomic_write(out / INDEX_NAME, json.dumps(meta))  # the commit point
     except BaseException:
         tmp_images.unlink(missing_ok=True)
         if not (out / INDEX_NAME).is_file():
@@ -283,7 +247,7 @@ def load_or_build_cache(
     """
     root, path = Path(root), Path(path)
     _check_cache_dir(root, path)
-    with _locked(path):  # a concurrent build finishes first; then this one may reuse it
+    with locked(path / LOCK_NAME):  # a concurrent build finishes first; then this one may reuse it
         return _open_or_build(root, path, spec, workers, progress)
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from facetrip.data.decode import ImageError, decode_pil, display_path
-from facetrip.data.folder import ImageFolderIndex
+from facetrip.data.index import ImageFolderIndex
 from facetrip.errors import UserError
 
 if TYPE_CHECKING:

@@ -22,6 +22,8 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
     An **epoch** is ``batches_per_epoch`` batches; by default ``len(labels) // (p * k)``
     (at least 1), i.e. about one pass over the images. The batches depend only on
     ``(seed, epoch)``: call :meth:`set_epoch` before iterating, as with DistributedSampler.
+    ``set_epoch(epoch, start_batch)`` resumes an epoch: iteration yields the same batches from
+    number ``start_batch`` on (``len`` stays the epoch's length).
     """
 
     def __init__(
@@ -39,12 +41,15 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
         order = np.argsort(inverse, kind="stable")
         counts = np.bincount(inverse)
         self._members = np.split(order, np.cumsum(counts)[:-1])
-        self.p, self.k, self.seed, self.epoch = p, k, seed, 0
+        self.p, self.k, self.seed, self.epoch, self.start_batch = p, k, seed, 0, 0
         self.batches_per_epoch = batches_per_epoch or max(1, len(labels) // (p * k))
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the random stream of ``epoch`` (makes resumed runs draw the same batches)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the random stream of ``epoch`` (makes resumed runs draw the same batches) and
+        the first batch to yield."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch must be in [0, {self.batches_per_epoch}]")
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -54,7 +59,7 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
         n_classes = len(self.classes)
         cycle = rng.permutation(n_classes)
         pos = 0
-        for _ in range(self.batches_per_epoch):
+        for b in range(self.batches_per_epoch):
             if pos + self.p > n_classes:  # start a new cycle, never repeating an id in a batch
                 rest = cycle[pos:]
                 fresh = rng.permutation(np.setdiff1d(np.arange(n_classes), rest))
@@ -70,7 +75,8 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
                     extra = rng.choice(members, size=self.k - len(members), replace=True)
                     picks = np.concatenate([rng.permutation(members), extra])
                 batch.extend(picks.tolist())
-            yield batch
+            if b >= self.start_batch:  # earlier batches are drawn all the same: same stream
+                yield batch
 
 
 class SeededBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
@@ -85,14 +91,14 @@ class SeededBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     def __init__(self, batch_sampler: PKSampler, seed: int = 0) -> None:
         self.batch_sampler, self.seed, self.epoch = batch_sampler, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch = epoch
-        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for b, batch in enumerate(self.batch_sampler):
+        for b, batch in enumerate(self.batch_sampler, start=self.batch_sampler.start_batch):
             seed = batch_seed(self.seed, self.epoch, b)
             yield [(i, seed) for i in batch]

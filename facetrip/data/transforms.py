@@ -23,10 +23,12 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as F
 
+from facetrip.config import DataConfig
 from facetrip.data.crop import crop_region
 from facetrip.data.decode import decode_rgb
 
-_GREY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)
+"""ITU-R 601 luma weights of R, G, B, as torchvision (the exported module reads them)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,13 @@ class Preprocess:
         d = asdict(self)
         d["crop_box"] = list(self.crop_box) if self.crop_box is not None else None
         return d
+
+
+def preprocess_from_config(data: DataConfig) -> Preprocess:
+    """The deterministic per-image preprocessing of a run's ``data`` section (what the
+    decoded cache stores)."""
+    box = tuple(data.crop_box) if data.crop_box is not None else None
+    return Preprocess(data.image_size, data.crop_fraction, box, data.grayscale)
 
 
 def batch_seed(seed: int, epoch: int, batch: int) -> int:
@@ -156,7 +165,7 @@ class BatchAugment(nn.Module):
         pixel's grey g = w.x): ``x' = s c b x + (1 - s) c b g + (1 - c) b m``."""
         n, _, height, width = x.shape
         b, c, s = (1 + j * (2 * u[:, i] - 1) for i, j in enumerate(self.JITTER))
-        w = torch.tensor(_GREY, device=x.device)
+        w = torch.tensor(GREY_WEIGHTS, device=x.device)
         flat = x.view(n, 3, height * width)
         mean_grey = flat.mean(2) @ w  # (n,)
         eye = torch.eye(3, device=x.device)

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from facetrip.data.dataset import load_transformed
-from facetrip.data.folder import IMAGE_EXTENSIONS, SkippedFile
-from facetrip.engine import embed_images
+from facetrip.data.index import IMAGE_EXTENSIONS, SkippedFile
 from facetrip.errors import UserError
+from facetrip.evaluation.embedding import iter_embeddings
+from facetrip.io import atomic_write
 
 
 def list_images(root: str | Path) -> list[str]:
@@ -82,8 +83,7 @@ def iter_folder_embeddings(
         PathDataset(root, paths, transform), batch_size=batch_size, num_workers=workers,
         collate_fn=collate_skipping, pin_memory=device.type == "cuda",
     )
-    for images, idx, failed in loader:
-        emb = embed_images(model, images, device) if len(idx) else torch.empty(0)
+    for emb, (idx, failed) in iter_embeddings(model, loader, device):
         yield emb, idx.tolist(), failed
 
 
@@ -136,9 +136,7 @@ def embed_folder(
         if all(tops):
             classes, labels = np.unique(np.asarray(tops), return_inverse=True)
             arrays.update(labels=labels.astype(np.int64), classes=classes)
-        tmp = os.path.join(scratch, "out.npz")
-        np.savez(tmp, **arrays)
+        atomic_write(out, lambda f, a=arrays: np.savez(f, **a))
         dim = store.shape[1]
         del store, arrays
-        os.replace(tmp, out)
     return EmbedResult(out, len(kept), dim, skipped)

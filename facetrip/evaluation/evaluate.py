@@ -1,4 +1,5 @@
-"""``facetrip eval``: verification and retrieval metrics for a checkpoint (or raw pixels)."""
+"""``facetrip eval``, the workflow: embed a dataset (or read an npz), draw or read the pairs,
+score verification and retrieval, with baselines on the same pairs."""
 
 from __future__ import annotations
 
@@ -9,14 +10,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetrip.checkpoint import load_checkpoint, model_from_checkpoint
 from facetrip.data.dataset import FaceDataset
-from facetrip.data.folder import ImageFolderIndex, scan_identity_folder
+from facetrip.data.index import ImageFolderIndex, scan_identity_folder
 from facetrip.data.transforms import build_transform
-from facetrip.engine import embed_images
 from facetrip.errors import UserError
-from facetrip.metrics import knn, retrieval_metrics, verification_metrics
-from facetrip.pairs import PairIndexList, generate_pairs, read_pairs, resolve_pairs
+from facetrip.evaluation.embedding import PixelEmbedder, embed_all
+from facetrip.evaluation.knn import knn
+from facetrip.evaluation.pairs import (
+    PairIndexList,
+    generate_pairs,
+    pair_distances,
+    read_pairs,
+    resolve_pairs,
+)
+from facetrip.evaluation.retrieval import retrieval_metrics
+from facetrip.evaluation.verification import verification_metrics
+from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def load_pairs(
@@ -47,15 +56,6 @@ def _draw_pairs(
     except ValueError as exc:
         msg = f"{where}: cannot draw {folds} folds x {pairs_per_fold} pairs: {exc}"
         raise UserError(msg) from None
-
-
-def pair_distances(emb: np.ndarray, pairs: PairIndexList, metric: str) -> np.ndarray:
-    """(P,) distances between the two items of each pair; ``emb`` is (N, D)."""
-    a = torch.from_numpy(emb[pairs.idx1])
-    b = torch.from_numpy(emb[pairs.idx2])
-    if metric == "cosine":
-        return (1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)).numpy()
-    return (a - b).norm(dim=1).numpy()
 
 
 @dataclass
@@ -108,29 +108,12 @@ def embed_index(
     """(N, D) embeddings of every image of ``index``; with ``flip``, the mean of the image's and
     its mirror's embedding, re-normalised."""
     loader = torch.utils.data.DataLoader(FaceDataset(index, transform), batch_size=batch_size)
-    out = []
-    for images, _ in loader:
-        emb = embed_images(model, images, device)
-        if flip:
-            emb = torch.nn.functional.normalize(
-                emb + embed_images(model, images.flip(-1), device), dim=1
-            )
-        out.append(emb.numpy())
-        if progress is not None:
-            progress(len(images))
-    return np.concatenate(out)
+    return embed_all(model, loader, device, flip=flip, progress=progress)[0]
 
 
 def pixel_embeddings(index: ImageFolderIndex, transform: Callable) -> np.ndarray:
-    """The raw-pixel baseline: each preprocessed image flattened, standardised (zero mean,
-    unit variance per image) and L2-normalised, so its distances compare image content."""
-    loader = torch.utils.data.DataLoader(FaceDataset(index, transform), batch_size=256)
-    out = []
-    for images, _ in loader:
-        x = images.flatten(1)
-        x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
-        out.append(torch.nn.functional.normalize(x, dim=1).numpy())
-    return np.concatenate(out)
+    """The raw-pixel baseline (:class:`PixelEmbedder`) of every image of ``index``."""
+    return embed_index(PixelEmbedder(), index, transform, torch.device("cpu"))
 
 
 def evaluate_checkpoint(

@@ -16,10 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -30,10 +27,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from facetrip.metrics import roc_curve
+from facetrip.evaluation.table import fmt as _fmt
+from facetrip.evaluation.table import metric_rows
+from facetrip.evaluation.verification import roc_curve
+from facetrip.io import atomic_write
+from facetrip.training.run import RunLog, read_metrics
 
 if TYPE_CHECKING:  # annotations only: no import-time dependency on the eval workflow
-    from facetrip.evaluate import Evaluation
+    from facetrip.evaluation.evaluate import Evaluation
 
 THUMB_PX = 96
 FIG_DPI = 90
@@ -95,7 +96,7 @@ def write_report(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     page = render_report(evaluation, title=title, max_examples=max_examples)
-    _atomic_write_text(out, page)
+    atomic_write(out, page)
     return out
 
 
@@ -115,21 +116,6 @@ def render_report(
 
 
 # --------------------------------------------------------------------------- page helpers
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` via a temporary file and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _page(title: str, body: str) -> str:
@@ -160,17 +146,6 @@ def _note(text: str) -> str:
 
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    """A metric value for display: ``n/a`` for None/NaN, ints as is, floats rounded."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool) or isinstance(value, (int, np.integer)):
-        return str(value)
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
-    return str(value)
 
 
 def _png_uri(data: bytes) -> str:
@@ -210,34 +185,6 @@ def _provenance(metrics: dict) -> str:
     return f"<table class=\"prov\">{body}</table>\n"
 
 
-def _num_key(key: Any) -> float:
-    """A far/k dict key as a number (keys are floats/ints in memory, strings from JSON)."""
-    try:
-        return float(key)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _lookup(d: dict | None, key: float) -> Any:
-    """``d[key]`` matching keys numerically; None when absent."""
-    if not isinstance(d, dict):
-        return None
-    for k, v in d.items():
-        if _num_key(k) == key:
-            return v
-    return None
-
-
-def _keys(sources: Sequence[dict], section: str, field: str) -> list[float]:
-    """Union of the numeric keys of ``source[section][field]`` over all sources, sorted."""
-    found = {
-        _num_key(k)
-        for s in sources
-        for k in ((s.get(section) or {}).get(field) or {})
-    }
-    return sorted(k for k in found if math.isfinite(k))
-
-
 def _metrics_table(metrics: dict) -> str:
     """Headline metrics; a column for the model and one per baseline."""
     baselines = metrics.get("baselines") or {}
@@ -245,53 +192,13 @@ def _metrics_table(metrics: dict) -> str:
     sources = [metrics, *baselines.values()]
     head = "".join(f"<th>{_esc(n)}</th>" for n in ["metric", *names])
     body = []
-    for label, cells in _metric_rows(sources):
+    for label, cells in metric_rows(sources):
         if cells is None:
             body.append(f'<tr class="group"><th colspan="{len(names) + 1}">{_esc(label)}</th></tr>')
         else:
             tds = "".join(f'<td class="num">{_esc(c)}</td>' for c in cells)
             body.append(f"<tr><th>{_esc(label)}</th>{tds}</tr>")
     return f'<table class="metrics"><tr>{head}</tr>{"".join(body)}</table>'
-
-
-def _metric_rows(sources: Sequence[dict]) -> list[tuple[str, list[str] | None]]:
-    """``(label, one cell per source)`` rows; ``cells is None`` marks a group heading."""
-    ver = [s.get("verification") or {} for s in sources]
-    ret = [s.get("retrieval") or {} for s in sources]
-    rows: list[tuple[str, list[str] | None]] = [("Verification", None)]
-    rows.append(("accuracy ± std", [_pm(v.get("accuracy"), v.get("accuracy_std")) for v in ver]))
-    for key, label in (("threshold", "threshold (same iff d < t)"), ("auc", "AUC"),
-                       ("eer", "EER")):
-        rows.append((label, [_fmt(v.get(key)) for v in ver]))
-    for far in reversed(_keys(sources, "verification", "tar_at_far")):
-        rows.append((f"TAR @ FAR={far:g}", [_fmt(_lookup(v.get("tar_at_far"), far)) for v in ver]))
-    for far in reversed(_keys(sources, "verification", "val_at_far")):
-        rows.append((f"VAL @ FAR={far:g} (held out)",
-                     [_val_cell(_lookup(v.get("val_at_far"), far)) for v in ver]))
-    rows.append(("pairs (same / different)", [
-        f"{_fmt(v.get('n_pairs'))} ({_fmt(v.get('n_same'))} / {_fmt(v.get('n_different'))})"
-        for v in ver
-    ]))
-    rows.append(("folds", [_fmt(v.get("folds")) for v in ver]))
-    rows.append(("Retrieval (leave one out)", None))
-    for k in _keys(sources, "retrieval", "recall_at_k"):
-        rows.append((f"Recall@{k:g}", [_fmt(_lookup(r.get("recall_at_k"), k)) for r in ret]))
-    for key, label in (("precision_at_1", "precision@1"), ("r_precision", "R-precision"),
-                       ("map_at_r", "MAP@R"), ("n_queries", "queries"),
-                       ("n_excluded", "excluded (no other item of the class)")):
-        rows.append((label, [_fmt(r.get(key)) for r in ret]))
-    return rows
-
-
-def _pm(mean: Any, std: Any) -> str:
-    return "n/a" if mean is None else f"{_fmt(mean)} ± {_fmt(std)}"
-
-
-def _val_cell(entry: Any) -> str:
-    """``val ± std (FAR far)`` of one ``val_at_far`` entry, or n/a."""
-    if not isinstance(entry, dict) or entry.get("val") is None:
-        return "n/a"
-    return f"{_pm(entry.get('val'), entry.get('val_std'))} (FAR {_fmt(entry.get('far'))})"
 
 
 # --------------------------------------------------------------------------- ROC, distances
@@ -374,32 +281,6 @@ def _histogram_figure(d: np.ndarray, same: np.ndarray, threshold: float | None) 
 # --------------------------------------------------------------------------- training
 
 
-@dataclass
-class _RunLog:
-    """``metrics.jsonl`` split into step rows and epoch rows."""
-
-    steps: list[dict]
-    epochs: list[dict]
-
-
-def _read_run_log(path: Path) -> _RunLog:
-    """Parse ``metrics.jsonl``, skipping unreadable lines (a run may still be writing it)."""
-    steps, epochs = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(row, dict):
-                continue
-            if row.get("type") == "step":
-                steps.append(row)
-            elif row.get("type") == "epoch":
-                epochs.append(row)
-    return _RunLog(steps, epochs)
-
-
 def _training_section(run_dir: Path | None) -> str:
     """Training curves from ``run_dir/metrics.jsonl``, or a one-line note."""
     heading = "Training"
@@ -408,7 +289,7 @@ def _training_section(run_dir: Path | None) -> str:
             "No training run is known for these embeddings; training curves skipped."))
     path = Path(run_dir) / "metrics.jsonl"
     try:
-        log = _read_run_log(path)
+        log = read_metrics(path)
     except OSError:
         return _section("training", heading, _note(f"No readable {path}; curves skipped."))
     if not log.steps and not log.epochs:
@@ -418,7 +299,7 @@ def _training_section(run_dir: Path | None) -> str:
     return _section("training", heading, summary + img)
 
 
-def _training_summary(log: _RunLog, path: Path) -> str:
+def _training_summary(log: RunLog, path: Path) -> str:
     vals = [(e["epoch"], e["val"]["accuracy"]) for e in log.epochs
             if isinstance(e.get("val"), dict) and e["val"].get("accuracy") is not None]
     text = f"{path}: {len(log.steps)} steps, {len(log.epochs)} epochs"
@@ -455,7 +336,7 @@ def _thin(x: np.ndarray, y: np.ndarray, max_points: int = 4000) -> tuple[np.ndar
     return x[::k], y[::k]
 
 
-def _training_figure(log: _RunLog) -> Figure:
+def _training_figure(log: RunLog) -> Figure:
     fig = Figure(figsize=(11, 6.6), layout="constrained")
     ax_loss, ax_active, ax_dist, ax_val = fig.subplots(2, 2).ravel()
     x, y = _series(log.steps, "loss")

@@ -39,7 +39,7 @@ loss is ``0`` with a zero gradient.
 
 Cost.  No ``B^3`` tensor is built and no Python loop runs over anchors.  Each anchor's ``G``
 positive distances (``G`` = largest identity size - 1) are sorted, and every negative distance
-is located among them (:mod:`facetrip.mining`): for every negative pair that gives how many
+is located among them (:mod:`facetrip.loss.mining`): for every negative pair that gives how many
 positives form an easy / semi-hard / hard triplet with it, in ``O(B^2 log G)`` time, anchors
 being processed in blocks of rows.  ``semihard_all``, ``batch_all`` and ``all`` then need, per
 negative, the number of positives in a rank window and, per positive, the number of negatives
@@ -61,8 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from facetrip.distances import DISTANCES, pairwise_distances
-from facetrip.mining import (
+from facetrip.loss.distances import DISTANCES, pairwise_distances
+from facetrip.loss.mining import (
     NegativeRanks,
     batch_hard_in_block,
     concat_triplets,

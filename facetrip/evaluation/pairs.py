@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True, eq=False)
@@ -315,3 +316,12 @@ def resolve_pairs(pairs: PairList, paths: Sequence[str]) -> tuple[np.ndarray, np
         raise ValueError(f"{len(clashes)} pair image(s) match several items, e.g. {clashes[:5]}")
     found = np.array([index[k] for k in wanted], dtype=np.int64)
     return found[: len(pairs)], found[len(pairs) :]
+
+
+def pair_distances(emb: np.ndarray, pairs: PairIndexList, metric: str) -> np.ndarray:
+    """``(P,)`` distances between the two items of each pair; ``emb`` is ``(N, D)``."""
+    a = torch.from_numpy(emb[pairs.idx1])
+    b = torch.from_numpy(emb[pairs.idx2])
+    if metric == "cosine":
+        return (1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)).numpy()
+    return (a - b).norm(dim=1).numpy()

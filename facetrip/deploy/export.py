@@ -1,8 +1,7 @@
 """Export a trained model as a TorchScript file that runs without facetrip, plus a JSON sidecar."""
 
+import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +10,8 @@ import torch
 from torch import nn
 
 from facetrip.data.crop import crop_region
-from facetrip.data.transforms import Preprocess
+from facetrip.data.transforms import GREY_WEIGHTS, Preprocess
+from facetrip.io import atomic_write
 from facetrip.model import EmbeddingNet
 
 
@@ -27,6 +27,7 @@ class ExportedEmbedder(nn.Module):
     """
 
     crop_box: list[float]  # TorchScript needs the element type of a possibly empty list
+    grey_weights: list[float]
 
     def __init__(self, model: EmbeddingNet, preprocess: Preprocess, mean: Sequence[float],
                  std: Sequence[float]) -> None:
@@ -36,6 +37,7 @@ class ExportedEmbedder(nn.Module):
         self.crop_fraction = preprocess.crop_fraction
         self.crop_box = list(preprocess.crop_box or [])  # [] = centre crop
         self.grayscale = preprocess.grayscale
+        self.grey_weights = list(GREY_WEIGHTS)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -58,7 +60,8 @@ class ExportedEmbedder(nn.Module):
                 x = x.round().clamp(0.0, 255.0)
         x = x.float()
         if self.grayscale:  # ITU-R 601 luma truncated to 8 bits, as torchvision
-            grey = x[:, 0:1] * 0.2989 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
+            r, g, b = self.grey_weights[0], self.grey_weights[1], self.grey_weights[2]
+            grey = x[:, 0:1] * r + x[:, 1:2] * g + x[:, 2:3] * b
             x = grey.trunc().expand(-1, 3, -1, -1)
         return (x / 255.0 - self.mean) / self.std
 
@@ -84,13 +87,9 @@ def export_torchscript(
     with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; it still works
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(module)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-        try:
-            scripted.save(tmp)
-            os.replace(tmp, out)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer)
+    atomic_write(out, buffer.getvalue())
     meta = {
         "format": "torchscript",
         "input": "float32 RGB (B, 3, S, S), values in [0, 1] then (x - mean) / std; "
@@ -106,9 +105,5 @@ def export_torchscript(
         "model_spec": model.spec.to_dict(),
         **(extra or {}),
     }
-    sidecar = out.with_suffix(out.suffix + ".json")
-    fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", dir=out.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, sidecar)
+    sidecar = atomic_write(out.with_suffix(out.suffix + ".json"), json.dumps(meta, indent=2) + "\n")
     return out, sidecar

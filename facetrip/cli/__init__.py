@@ -1,0 +1,32 @@
+"""The ``facetrip`` command line: parse arguments, call the library, print the results.
+
+One module per command group (:mod:`~facetrip.cli.data`: synth, cache;
+:mod:`~facetrip.cli.train`; :mod:`~facetrip.cli.evaluate`: eval; :mod:`~facetrip.cli.deploy`:
+embed, export). :func:`main` turns a user's mistake into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import typer
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from facetrip.cli import data, deploy, evaluate, train  # noqa: F401  (register the commands)
+from facetrip.cli.app import app, library_logger
+from facetrip.errors import UserError
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    logger = library_logger()
+    try:
+        with logging_redirect_tqdm(loggers=[logger]):
+            app()
+    except (UserError, FileExistsError, FileNotFoundError, NotADirectoryError,
+            PermissionError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None

@@ -1,0 +1,1 @@
+"""Using a trained model: embed folders of images, export a standalone model."""

@@ -1,0 +1,1 @@
+"""Evaluation: verification, kNN retrieval, pair protocols, the embedding loop, the report."""

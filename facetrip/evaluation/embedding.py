@@ -1,0 +1,99 @@
+"""The one embedding loop: batches of images in, ``(B, D)`` float32 embeddings out.
+
+Validation during training, ``facetrip eval`` (model and pixel baseline) and ``facetrip embed``
+all run :func:`iter_embeddings`; they differ only in the loader they pass and the module
+that embeds (the network, or :class:`PixelEmbedder`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class PixelEmbedder(nn.Module):
+    """The raw-pixel baseline as an embedder: each image flattened, standardised (zero mean,
+    unit variance per image) and L2-normalised, so its distances compare image content.
+
+    ``(B, 3, H, W)`` float -> ``(B, 3 H W)``.
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.flatten(1).float()
+        x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
+        return nn.functional.normalize(x, dim=1)
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    channels_last: bool = False,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    flip: bool = False,
+) -> torch.Tensor:
+    """``(B, 3, H, W)`` -> ``(B, D)`` float32 embeddings on the CPU (``model`` in eval mode).
+
+    ``batch_transform`` runs on ``device`` first (e.g. uint8 -> normalised float32). With
+    ``flip``, the embedding is the mean of the image's and its mirror's, re-normalised.
+    """
+    images = images.to(device, non_blocking=True)
+    if batch_transform is not None:
+        images = batch_transform(images)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    emb = model(images).float()
+    if flip:
+        emb = nn.functional.normalize(emb + model(images.flip(-1)).float(), dim=1)
+    return emb.cpu()
+
+
+def iter_embeddings(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, ...]],
+    device: torch.device,
+    channels_last: bool = False,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    flip: bool = False,
+) -> Iterator[tuple[torch.Tensor, tuple]]:
+    """Stream ``(embeddings (B, D) float32 on CPU, rest of the batch)`` for each batch.
+
+    The first element of each batch is the image tensor; an empty one (a batch whose files all
+    failed to load) gives ``(0, 0)`` embeddings without running the model. The model runs in
+    eval mode, without autograd.
+    """
+    model.eval()
+    for images, *rest in loader:
+        if images.numel() == 0:
+            yield torch.empty(0, 0), tuple(rest)
+            continue
+        yield embed_images(model, images, device, channels_last, batch_transform, flip), \
+            tuple(rest)
+
+
+def embed_all(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    channels_last: bool = False,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    flip: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed a whole labelled dataset that fits in memory.
+
+    ``loader`` yields ``(images, labels)``. Returns ``(embeddings (N, D) float32, labels (N,)
+    int64)``. ``progress(n)`` after each batch of ``n`` images.
+    """
+    embs, labels = [], []
+    for emb, (lab,) in iter_embeddings(model, loader, device, channels_last, batch_transform,
+                                       flip):
+        embs.append(emb.numpy())
+        labels.append(np.asarray(lab))
+        if progress is not None:
+            progress(len(emb))
+    return np.concatenate(embs), np.concatenate(labels).astype(np.int64)

@@ -1,0 +1,317 @@
+"""Pair verification metrics (LFW protocol): accuracy over folds, ROC, AUC, EER, TAR@FAR.
+
+Pure functions in the "functional" style: numpy arrays or torch tensors in, plain Python
+numbers (JSON-serialisable dicts) out. Nothing here prints or keeps state.
+
+Conventions:
+
+* A pair is predicted *same* iff ``distance < threshold`` (strict). Candidate thresholds are
+  the midpoints between consecutive distinct distances, so equal distances are always
+  classified together (ties are consistent), plus "reject all" (below the minimum) and
+  "accept all" (above the maximum, which also accepts larger held-out distances).
+* Scores for ROC/AUC are ``-distance``; ties are handled as in scikit-learn (a tie between a
+  positive and a negative pair counts one half).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from facetrip.evaluation.arrays import to_numpy
+
+DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
+
+
+def _as_pairs(distances: Any, issame: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert pair inputs to ``(P,) float64`` distances and ``(P,) bool`` labels."""
+    d = to_numpy(distances).astype(np.float64)
+    same = to_numpy(issame)
+    if d.ndim != 1 or same.ndim != 1 or d.shape != same.shape:
+        raise ValueError(
+            f"distances and issame must be 1-D of equal length, got {d.shape} and {same.shape}"
+        )
+    if d.size == 0:
+        raise ValueError("no pairs given")
+    if not np.isfinite(d).all():
+        raise ValueError("distances contain NaN or infinite values")
+    if same.dtype != np.bool_ and not np.isin(same, (0, 1)).all():
+        raise ValueError("issame must be boolean (or 0/1)")
+    return d, same.astype(bool)
+
+
+def _fold_ids(n_pairs: int, folds: Any, n_folds: int) -> np.ndarray:
+    """``(P,)`` fold id per pair: the given ``folds`` or contiguous blocks ``i * n_folds // P``."""
+    if folds is None:
+        if n_folds < 1:
+            raise ValueError(f"n_folds must be >= 1, got {n_folds}")
+        return np.arange(n_pairs, dtype=np.int64) * n_folds // n_pairs
+    f = to_numpy(folds)
+    if f.shape != (n_pairs,) or not np.issubdtype(f.dtype, np.integer):
+        raise ValueError(f"folds must be an integer array of shape ({n_pairs},), got {f.shape}")
+    return f.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- threshold sweep
+
+
+def _threshold_sweep(
+    d_sorted: np.ndarray, same_sorted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Confusion counts at every candidate threshold.
+
+    Args:
+        d_sorted: ``(n,)`` distances sorted ascending, ``n >= 1``.
+        same_sorted: ``(n,)`` bool labels in the same order.
+
+    Returns:
+        ``thresholds (m+1,)`` ascending, where ``m`` is the number of distinct distances:
+        ``-inf`` (reject every pair), the midpoints between consecutive distinct distances, and
+        ``+inf`` (accept every pair, also unseen larger distances); ``tp (m+1,)`` and
+        ``fp (m+1,)``: numbers of positive / negative pairs with ``distance < threshold``.
+    """
+    n = d_sorted.size
+    group_ends = np.flatnonzero(np.diff(d_sorted) > 0) + 1  # first index of each later group
+    n_below = np.concatenate(([0], group_ends, [n]))
+    cum_pos = np.concatenate(([0], np.cumsum(same_sorted, dtype=np.int64)))
+    tp = cum_pos[n_below]
+    fp = n_below - tp
+    lo = d_sorted[group_ends - 1]
+    hi = d_sorted[group_ends]
+    mid = lo + (hi - lo) / 2
+    mid = np.where(mid > lo, mid, hi)  # adjacent floats: ``hi`` still splits the two groups
+    thresholds = np.concatenate(([-np.inf], mid, [np.inf]))
+    return thresholds, tp, fp
+
+
+def _finite_threshold(threshold: float, d: np.ndarray) -> float:
+    """Replace an infinite threshold by the nearest float beyond the distances ``d``."""
+    if threshold == np.inf:
+        return float(np.nextafter(d.max(), np.inf))
+    if threshold == -np.inf:
+        return float(np.nextafter(d.min(), -np.inf))
+    return float(threshold)
+
+
+# --------------------------------------------------------------------------- ROC family
+
+
+def _full_roc(d: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)``, each ``(m+1,)``, over all candidate thresholds ascending."""
+    order = np.argsort(d, kind="stable")
+    thresholds, tp, fp = _threshold_sweep(d[order], same[order])
+    n_pos = int(same.sum())
+    return fp / (same.size - n_pos), tp / n_pos, thresholds
+
+
+def _auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under the ROC polyline (trapezoidal rule, as scikit-learn)."""
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def _eer(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Equal error rate: where FPR = FNR, linearly interpolated along the ROC polyline."""
+    gap = (1 - tpr) - fpr  # non-increasing from 1 to -1
+    k = int(np.argmax(gap <= 0))
+    if k == 0:
+        return float(fpr[0])
+    t = gap[k - 1] / (gap[k - 1] - gap[k])
+    return float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
+
+
+def _subsample(n: int, max_points: int | None) -> np.ndarray:
+    """At most ``max_points`` evenly spread indices into ``range(n)``, keeping both ends."""
+    if max_points is None or n <= max_points:
+        return np.arange(n)
+    if max_points < 2:
+        raise ValueError(f"max_points must be >= 2, got {max_points}")
+    return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
+
+
+def roc_curve(
+    distances: Any, issame: Any, max_points: int | None = 1000
+) -> dict[str, list[float]] | None:
+    """ROC curve of pair verification with score ``-distance``, for plotting.
+
+    Args:
+        distances: ``(P,)`` pair distances, smaller means more similar.
+        issame: ``(P,)`` bool, True for same-identity pairs.
+        max_points: keep at most this many points, evenly spaced along the curve and always
+            including ``(0, 0)`` and ``(1, 1)``; ``None`` keeps all of them.
+
+    Returns:
+        ``{"fpr", "tpr", "thresholds"}`` lists of equal length (ascending thresholds; a pair is
+        accepted iff ``distance < threshold``; the end points lie just outside the
+        distances). Unsubsampled, ``fpr``/``tpr`` equal scikit-learn's
+        ``roc_curve(issame, -distances, drop_intermediate=False)``.
+        ``None`` when only one class is present (the curve is undefined).
+    """
+    d, same = _as_pairs(distances, issame)
+    if same.all() or not same.any():
+        return None
+    fpr, tpr, thresholds = _full_roc(d, same)
+    keep = _subsample(fpr.size, max_points)
+    return {
+        "fpr": fpr[keep].tolist(),
+        "tpr": tpr[keep].tolist(),
+        "thresholds": [_finite_threshold(t, d) for t in thresholds[keep]],
+    }
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _fold_sweeps(
+    d: np.ndarray, same: np.ndarray, fold: np.ndarray, held_out: bool
+) -> Iterator[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int, np.ndarray, np.ndarray]]:
+    """For each fold: the training sweep, training negatives, and the fold's test pairs.
+
+    Yields ``((thresholds, tp, fp), n_train_negatives, test_distances, test_issame)``; the
+    training pairs are the other folds, or all pairs when ``held_out`` is False.
+    """
+    order = np.argsort(d, kind="stable")
+    ds, ss, fs = d[order], same[order], fold[order]
+    for f in np.unique(fs):
+        test = fs == f
+        train = ~test if held_out else np.ones_like(test)
+        n_neg = int(train.sum() - ss[train].sum())
+        yield _threshold_sweep(ds[train], ss[train]), n_neg, ds[test], ss[test]
+
+
+def _best_accuracy_index(tp: np.ndarray, fp: np.ndarray, n_neg: int) -> int:
+    """Index of the threshold maximising accuracy; the smallest threshold among ties."""
+    return int(np.argmax(tp + (n_neg - fp)))
+
+
+def _far_index(fp: np.ndarray, n_neg: int, far: float) -> int:
+    """Index of the largest threshold whose false-accept rate is ``<= far``."""
+    return int(np.searchsorted(fp, far * n_neg * (1 + 1e-12), side="right")) - 1
+
+
+def _too_few_negatives(n_neg: int, far: float) -> bool:
+    """True when ``n_neg < 1 / far`` (a FAR of ``far`` cannot be resolved)."""
+    return n_neg * far < 1 - 1e-9
+
+
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    """Mean of the finite values, or None when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _rate(accept: np.ndarray) -> float:
+    """Fraction of True in ``accept``; NaN when empty."""
+    return float(accept.mean()) if accept.size else math.nan
+
+
+def _kfold_metrics(
+    d: np.ndarray, same: np.ndarray, fold: np.ndarray, fars: Sequence[float], held_out: bool
+) -> tuple[list[float], dict[float, dict[str, float | None] | None]]:
+    """Per-fold held-out accuracies and FaceNet VAL@FAR (mean over folds) per target FAR."""
+    accuracies: list[float] = []
+    vals: dict[float, list[float]] = {float(far): [] for far in fars}
+    fars_seen: dict[float, list[float]] = {float(far): [] for far in fars}
+    too_few: set[float] = set()
+    for (thresholds, tp, fp), n_neg, d_test, s_test in _fold_sweeps(d, same, fold, held_out):
+        best = thresholds[_best_accuracy_index(tp, fp, n_neg)]
+        accuracies.append(float(np.mean((d_test < best) == s_test)))
+        for far in vals:
+            if _too_few_negatives(n_neg, far):
+                too_few.add(far)
+                continue
+            accept = d_test < thresholds[_far_index(fp, n_neg, far)]
+            vals[far].append(_rate(accept[s_test]))
+            fars_seen[far].append(_rate(accept[~s_test]))
+    val_at_far: dict[float, dict[str, float | None] | None] = {}
+    for far, v in vals.items():
+        finite = [x for x in v if math.isfinite(x)]
+        val_at_far[far] = (
+            None
+            if far in too_few
+            else {
+                "val": _mean_or_none(v),
+                "val_std": float(np.std(finite)) if finite else None,
+                "far": _mean_or_none(fars_seen[far]),
+            }
+        )
+    return accuracies, val_at_far
+
+
+def verification_metrics(
+    distances: Any,
+    issame: Any,
+    folds: Any = None,
+    n_folds: int = 10,
+    fars: Sequence[float] = DEFAULT_FARS,
+) -> dict[str, Any]:
+    """Pair-verification metrics (LFW protocol), JSON-serialisable.
+
+    Args:
+        distances: ``(P,)`` pair distances (numpy or tensor); smaller means more similar.
+        issame: ``(P,)`` bool, True for same-identity pairs.
+        folds: ``(P,)`` int fold id of each pair (e.g. ``PairList.fold``), used as given; or
+            ``None``: pair ``i`` goes to fold ``i * n_folds // P`` (contiguous, as LFW).
+        n_folds: number of folds when ``folds`` is None.
+        fars: target false-accept rates for ``val_at_far`` and ``tar_at_far``.
+
+    Returns:
+        A dict with
+
+        * ``accuracy``, ``accuracy_std``: mean and (population) std over folds of the held-out
+          accuracy; each fold's threshold maximises accuracy on the *other* folds (exact search
+          over all candidate thresholds, the smallest among equally good ones). With a single
+          fold there is nothing to hold out: the threshold is fitted on all pairs and
+          ``held_out`` is False.
+        * ``threshold``: the best-accuracy threshold on all pairs (same iff ``d < threshold``);
+          "accept all" / "reject all" are reported as the nearest float beyond the distances.
+        * ``auc``: ROC AUC of score ``-distance`` (ties count 1/2, as scikit-learn).
+        * ``eer``: equal error rate (FPR = FNR, interpolated on the ROC).
+        * ``val_at_far``: ``{far: {"val", "val_std", "far"}}``: per fold, the largest threshold
+          with FAR <= target on the training folds; mean VAL (TAR) and mean FAR on the held-out
+          folds. ``None`` for a target when some fold's training negatives are fewer than 1/far.
+        * ``tar_at_far``: ``{far: TAR}`` over all pairs at the largest threshold with
+          FAR <= target; ``None`` when there are fewer than 1/far negative pairs.
+        * ``n_pairs``, ``n_same``, ``n_different``, ``folds`` (number of folds), ``held_out``.
+
+        ``auc``, ``eer`` and every ``val_at_far``/``tar_at_far`` entry are ``None`` when only
+        one class is present. Keys of the far dicts are the given floats (``json.dumps`` writes
+        them as strings). For the ROC curve itself see :func:`roc_curve`.
+    """
+    d, same = _as_pairs(distances, issame)
+    fold = _fold_ids(d.size, folds, n_folds)
+    n_folds_found = int(np.unique(fold).size)
+    held_out = n_folds_found > 1
+    accuracies, val_at_far = _kfold_metrics(d, same, fold, fars, held_out)
+    n_pos = int(same.sum())
+    n_neg = d.size - n_pos
+    order = np.argsort(d, kind="stable")
+    thresholds, tp, fp = _threshold_sweep(d[order], same[order])
+    result: dict[str, Any] = {
+        "accuracy": float(np.mean(accuracies)),
+        "accuracy_std": float(np.std(accuracies)),
+        "threshold": _finite_threshold(thresholds[_best_accuracy_index(tp, fp, n_neg)], d),
+        "auc": None,
+        "eer": None,
+        "val_at_far": {float(far): None for far in fars},
+        "tar_at_far": {float(far): None for far in fars},
+        "n_pairs": int(d.size),
+        "n_same": n_pos,
+        "n_different": n_neg,
+        "folds": n_folds_found,
+        "held_out": held_out,
+    }
+    if n_pos > 0 and n_neg > 0:
+        fpr, tpr = fp / n_neg, tp / n_pos
+        result["auc"] = _auc(fpr, tpr)
+        result["eer"] = _eer(fpr, tpr)
+        result["val_at_far"] = val_at_far
+        result["tar_at_far"] = {
+            float(far): None
+            if _too_few_negatives(n_neg, far)
+            else float(tpr[_far_index(fp, n_neg, far)])
+            for far in fars
+        }
+    return result

@@ -1,0 +1,1 @@
+"""Training: config -> objects (build), TrainState, the loop, checkpoints, the run directory."""

@@ -1,0 +1,213 @@
+"""Config -> built objects: device, precision, data loaders, model, loss, optimiser, schedule.
+
+Plain functions in the style of torchvision's reference scripts. Everything downstream (the
+loop, the run directory) receives what these return, never the config itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from facetrip.config import Config
+from facetrip.data.cache import load_or_build_cache
+from facetrip.data.dataset import AugmentCollate, CachedFaceDataset, FaceDataset, SeededItems
+from facetrip.data.decode import display_path
+from facetrip.data.index import (
+    ImageFolderIndex,
+    filter_min_images,
+    scan_identity_folder,
+    split_identities,
+)
+from facetrip.data.sampler import PKSampler, SeededBatchSampler
+from facetrip.data.transforms import BatchAugment, Normalize, preprocess_from_config
+from facetrip.errors import UserError
+from facetrip.evaluation.pairs import PairIndexList, generate_pairs
+from facetrip.loss import TripletLoss
+from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
+
+
+@dataclass
+class TrainData:
+    """Loaders and the facts about the data a user wants to see before a long run.
+
+    Both loaders yield ``(uint8 (B, 3, S, S), labels (B,))``, training batches already
+    augmented (in the workers); ``normalize`` turns a batch into the model's float input on
+    the device.
+    """
+
+    train_loader: torch.utils.data.DataLoader
+    sampler: SeededBatchSampler  #: ``set_epoch`` selects the batches and their augmentation
+    val_loader: torch.utils.data.DataLoader | None
+    val_index: ImageFolderIndex | None
+    val_pairs: PairIndexList | None  #: drawn once, with the run's seed
+    train_images: int
+    train_identities: int
+    dropped_identities: int  #: training identities with fewer than min_images_per_identity
+    skip_summary: str  #: '' or "skipped N files: ..." from the scan
+    normalize: Normalize
+    index: ImageFolderIndex  #: the whole scanned dataset (with its skipped files)
+    excluded: dict[str, int]  #: identity -> usable images, for identities left out of training
+    cache_note: str = ""  #: '' or how the decoded cache was used / why it was (re)built
+
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name} but CUDA is not available on this machine")
+    return device
+
+
+def resolve_workers(workers: int | None) -> int:
+    """``data.workers``; ``None`` = one per CPU core but one (for the model), 1 to 8."""
+    if workers is not None:
+        return workers
+    return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+
+def load_data(cfg: Config, device: torch.device) -> TrainData:
+    """Scan ``cfg.data.root`` (or open/build the decoded cache), split identities, build the PK
+    training and validation loaders.
+
+    Raises:
+        UserError: no data, too few identities, or (with ``data.strict``) any skipped file.
+    """
+    d = cfg.data
+    if not d.root:
+        raise UserError("data.root is not set: pass --set data.root=DIR or set it in the config")
+    preprocess = preprocess_from_config(d)
+    cache, cache_note = None, ""
+    if d.cache:
+        cache, why = load_or_build_cache(d.root, d.cache, preprocess, resolve_workers(d.workers))
+        cache_note = (f"decoded cache {d.cache}: " +
+                      (f"built ({why})" if why else "up to date, reused"))
+        full = cache.index
+    else:
+        full = scan_identity_folder(d.root)
+    if d.strict and full.skipped:
+        first = full.skipped[0]
+        raise UserError(f"data.strict: {full.skip_summary()} (first: "
+                        f"{display_path(first.path)}: {first.reason})")
+    train_idx, val_idx = split_identities(full, d.val_fraction, cfg.seed)
+    val_pairs = None
+    if val_idx is not None:  # drawn before any slow work, so a bad setting fails at once
+        try:
+            val_pairs = generate_pairs(val_idx.labels, cfg.eval.folds, cfg.eval.pairs_per_fold,
+                                       cfg.seed)
+        except ValueError as exc:
+            raise UserError(
+                f"cannot draw {cfg.eval.folds} x {cfg.eval.pairs_per_fold} validation pairs "
+                f"from the {len(val_idx.classes)} held-out identities (data.val_fraction="
+                f"{d.val_fraction}): {exc} (config keys: eval.pairs_per_fold, eval.folds, "
+                "data.val_fraction)"
+            ) from None
+    min_images = max(2, d.min_images_per_identity)
+    kept = filter_min_images(train_idx, min_images)
+    counts = train_idx.images_per_class()
+    excluded = {c: int(n) for c, n in zip(train_idx.classes, counts, strict=True)
+                if n < min_images}
+    excluded.update({c: 0 for c in full.empty_classes})
+    if len(kept.classes) < cfg.sampler.p:
+        raise UserError(
+            f"{d.root}: only {len(kept.classes)} training identities have at least "
+            f"{min_images} images; sampler.p={cfg.sampler.p} needs at least that many"
+        )
+    sampler = SeededBatchSampler(PKSampler(kept.labels, cfg.sampler.p, cfg.sampler.k,
+                                           cfg.sampler.batches_per_epoch, seed=cfg.seed),
+                                 seed=cfg.seed)
+    workers = resolve_workers(d.workers)
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda",
+                  persistent_workers=workers > 0)
+
+    def dataset(index: ImageFolderIndex) -> torch.utils.data.Dataset:
+        return CachedFaceDataset(index, cache) if cache else FaceDataset(index, preprocess)
+
+    train_loader = torch.utils.data.DataLoader(
+        SeededItems(dataset(kept)), batch_sampler=sampler,
+        collate_fn=AugmentCollate(BatchAugment(d.mean) if d.augment else None), **common,
+    )
+    val_loader = None
+    if val_idx is not None:
+        val_loader = torch.utils.data.DataLoader(dataset(val_idx),
+                                                 batch_size=cfg.eval.batch_size, **common)
+    return TrainData(
+        train_loader, sampler, val_loader, val_idx, val_pairs, len(kept), len(kept.classes),
+        len(excluded), full.skip_summary(), normalize=Normalize(d.mean, d.std), index=full,
+        excluded=excluded, cache_note=cache_note,
+    )
+
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """``train.precision`` -> the autocast dtype (``None`` = fp32, no autocast)."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def build_model(cfg: Config) -> EmbeddingNet:
+    """The embedding network of ``cfg.model``, with local trunk weights when configured."""
+    m = cfg.model
+    model = EmbeddingNet(ModelSpec(m.arch, m.stem, m.embedding_dim, m.head_bn))
+    if m.pretrained:
+        load_trunk_weights(model, m.pretrained)
+    return model
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; no weight decay on biases and normalisation parameters."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                               nesterov=cfg.optim.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+
+
+def build_scheduler(
+    cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up then cosine decay over the whole run."""
+    total = cfg.train.epochs * steps_per_epoch
+    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    factor = cosine_warmup_lambda(total, warmup, cfg.optim.min_lr / cfg.optim.lr)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+
+def cosine_warmup_lambda(
+    total_steps: int, warmup_steps: int, min_ratio: float = 0.0
+) -> Callable[[int], float]:
+    """LR multiplier for LambdaLR: linear warm-up to 1, then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+
+def build_loss(cfg: Config) -> TripletLoss:
+    """The triplet loss of ``cfg.loss``: ``loss(embeddings, labels) -> (loss, stats)``."""
+    return TripletLoss(mining=cfg.loss.mining, margin=cfg.loss.margin,
+                       distance=cfg.loss.distance)
