@@ -7,14 +7,20 @@ records on ``<body data-images-ok>`` whether every image decoded, for automated 
 Sections: provenance and headline metrics (one column per baseline), ROC curve (log FAR axis,
 EER marked), same/different distance histograms with the threshold, training curves from the
 run's ``metrics.jsonl`` when known, and image grids of the worst false accepts, worst false
-rejects and failed top-1 retrievals. Figures use :class:`matplotlib.figure.Figure` directly
-(Agg rendering, no pyplot state). Nothing here prints.
+rejects and failed top-1 retrievals.
+
+This module decides *what* is shown (which pairs are the worst errors, which queries failed,
+the figures) and hands plain data to the Jinja2 template ``templates/report.html.j2``
+(autoescaped, shipped as package data), which decides *how* it is laid out. The metrics
+table is :func:`facetrip.evaluation.table.metric_rows`, the one the CLI prints. Figures use
+:class:`matplotlib.figure.Figure` directly (Agg rendering, no pyplot state). Nothing here
+prints.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -23,12 +29,13 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from facetrip.evaluation.table import columns, metric_rows
 from facetrip.evaluation.table import fmt as _fmt
-from facetrip.evaluation.table import metric_rows
 from facetrip.evaluation.verification import roc_curve
 from facetrip.io import atomic_write
 from facetrip.training.run import RunLog, read_metrics
@@ -39,38 +46,12 @@ if TYPE_CHECKING:  # annotations only: no import-time dependency on the eval wor
 THUMB_PX = 96
 FIG_DPI = 90
 PNG_PREFIX = "data:image/png;base64,"
+TEMPLATE = "report.html.j2"
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;
-  margin:0 auto;max-width:1120px;padding:16px 24px 48px;background:#fff}
-h1{font-size:24px;margin:8px 0 4px}h2{font-size:19px;margin:0 0 8px}
-section{border-top:1px solid #ddd;padding:16px 0 8px}
-nav a{margin-right:14px;color:#2a5db0;text-decoration:none}
-table{border-collapse:collapse;margin:6px 0 10px}
-th,td{border:1px solid #d5d5d5;padding:3px 10px;text-align:left;vertical-align:top}
-th{background:#f3f5f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.group th{background:#e6ebf2;text-align:left}
-.note{color:#666;margin:4px 0}.plot{max-width:100%;height:auto;display:block}
-.grid{display:flex;flex-wrap:wrap;gap:10px}
-figure.ex{margin:0;border:1px solid #d5d5d5;border-radius:4px;padding:6px;background:#fafafa}
-.pair{display:flex;gap:6px}.cell{width:96px;text-align:center;font-size:12px}
-.cell img,.ph{width:96px;height:96px;object-fit:contain;background:#eee;display:block}
-.ph{display:flex;align-items:center;justify-content:center;color:#888;font-size:11px}
-.name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-figcaption{font-size:12px;text-align:center;margin-top:4px}
-code{background:#f3f3f3;padding:0 3px}
-"""
-
-_SCRIPT = """
-window.addEventListener("load", function () {
-  var imgs = document.images, ok = 0;
-  for (var i = 0; i < imgs.length; i++) {
-    if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok++; }
-  }
-  document.body.setAttribute("data-images", ok + "/" + imgs.length);
-  document.body.setAttribute("data-images-ok", ok === imgs.length ? "true" : "false");
-});
-"""
+#: ``(section id, navigation label)`` in page order
+NAV = (("summary", "Summary"), ("roc", "ROC"), ("distances", "Distances"),
+       ("training", "Training"), ("false-accepts", "False accepts"),
+       ("false-rejects", "False rejects"), ("retrieval-failures", "Retrieval failures"))
 
 
 # --------------------------------------------------------------------------- public API
@@ -105,71 +86,58 @@ def render_report(
 ) -> str:
     """The report of ``evaluation`` as one self-contained HTML string (see :func:`write_report`)."""
     ev = evaluation
-    sections = [
-        _summary_section(ev),
-        _roc_section(ev),
-        _distance_section(ev),
-        _training_section(ev.run_dir),
-        *_example_sections(ev, max(0, int(max_examples))),
-    ]
-    return _page(title, "\n".join(sections))
+    names, sources = columns(ev.metrics)
+    context = {
+        "title": title,
+        "nav": NAV,
+        "provenance": _provenance(ev.metrics),
+        "metrics": {"names": names, "rows": metric_rows(sources)},
+        "roc": _roc_block(ev),
+        "distances": _distance_block(ev),
+        "training": _training_block(ev.run_dir),
+        "grids": _grids(ev, max(0, int(max_examples))),
+    }
+    return _environment().get_template(TEMPLATE).render(context)
 
 
 # --------------------------------------------------------------------------- page helpers
 
 
-def _page(title: str, body: str) -> str:
-    """The HTML document around ``body``."""
-    nav = " ".join(
-        f'<a href="#{sid}">{label}</a>'
-        for sid, label in (("summary", "Summary"), ("roc", "ROC"), ("distances", "Distances"),
-                           ("training", "Training"), ("false-accepts", "False accepts"),
-                           ("false-rejects", "False rejects"),
-                           ("retrieval-failures", "Retrieval failures"))
-    )
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n"
-        f"<script>{_SCRIPT}</script>\n</head>\n<body>\n"
-        f"<h1>{_esc(title)}</h1>\n<nav>{nav}</nav>\n{body}\n</body>\n</html>\n"
+@functools.lru_cache(maxsize=1)
+def _environment() -> Environment:
+    """The Jinja2 environment of the packaged templates: autoescaped, undefined names fail."""
+    return Environment(
+        loader=PackageLoader("facetrip.evaluation", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
     )
 
 
-def _section(sid: str, heading: str, content: str) -> str:
-    return f'<section id="{sid}">\n<h2>{_esc(heading)}</h2>\n{content}\n</section>'
+@dataclass(frozen=True)
+class _Block:
+    """A figure (PNG data URI) and/or a one-line note; either may be missing."""
 
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    img: str | None = None
+    note: str | None = None
 
 
 def _png_uri(data: bytes) -> str:
     return PNG_PREFIX + base64.b64encode(data).decode("ascii")
 
 
-def _figure_img(fig: Figure, alt: str) -> str:
-    """``<img>`` of ``fig`` rendered to PNG (Agg, no pyplot state)."""
+def _figure_uri(fig: Figure) -> str:
+    """``fig`` rendered to a PNG data URI (Agg, no pyplot state)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=FIG_DPI)
-    return f'<img class="plot" src="{_png_uri(buf.getvalue())}" alt="{_esc(alt)}">'
+    return _png_uri(buf.getvalue())
 
 
 # --------------------------------------------------------------------------- summary
 
 
-def _summary_section(ev: Evaluation) -> str:
-    """Provenance and the headline-metrics table."""
-    content = _provenance(ev.metrics) + _metrics_table(ev.metrics)
-    return _section("summary", "Summary", content)
-
-
-def _provenance(metrics: dict) -> str:
-    """Dataset, checkpoint and options as a small key/value table."""
+def _provenance(metrics: dict) -> list[tuple[str, str]]:
+    """Dataset, checkpoint and options as ``(key, value)`` rows."""
     rows: list[tuple[str, str]] = []
     dataset = metrics.get("dataset")
     if isinstance(dataset, dict):
@@ -181,24 +149,7 @@ def _provenance(metrics: dict) -> str:
     skipped = metrics.get("skipped")
     if skipped:
         rows.append(("skipped images", str(len(skipped))))
-    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
-    return f"<table class=\"prov\">{body}</table>\n"
-
-
-def _metrics_table(metrics: dict) -> str:
-    """Headline metrics; a column for the model and one per baseline."""
-    baselines = metrics.get("baselines") or {}
-    names = ["model", *baselines]
-    sources = [metrics, *baselines.values()]
-    head = "".join(f"<th>{_esc(n)}</th>" for n in ["metric", *names])
-    body = []
-    for label, cells in metric_rows(sources):
-        if cells is None:
-            body.append(f'<tr class="group"><th colspan="{len(names) + 1}">{_esc(label)}</th></tr>')
-        else:
-            tds = "".join(f'<td class="num">{_esc(c)}</td>' for c in cells)
-            body.append(f"<tr><th>{_esc(label)}</th>{tds}</tr>")
-    return f'<table class="metrics"><tr>{head}</tr>{"".join(body)}</table>'
+    return rows
 
 
 # --------------------------------------------------------------------------- ROC, distances
@@ -208,22 +159,21 @@ def _verification(ev: Evaluation) -> dict:
     return ev.metrics.get("verification") or {}
 
 
-def _roc_section(ev: Evaluation) -> str:
+def _roc_block(ev: Evaluation) -> _Block:
     """ROC curve on a log FAR axis with the EER point, or a note when it is undefined."""
     issame = np.asarray(ev.pairs.issame, dtype=bool)
     roc = roc_curve(ev.distances, issame) if issame.size else None
     if roc is None:
-        return _section("roc", "ROC curve", _note(
-            "ROC curve undefined: the pairs contain only one class (same or different)."))
+        return _Block(note="ROC curve undefined: the pairs contain only one class "
+                           "(same or different).")
     n_neg = int((~issame).sum())
     floor = 0.5 / n_neg
     baselines = {name: roc_curve(d, issame) for name, d in ev.baseline_distances.items()}
     fig = _roc_figure(roc, _verification(ev).get("eer"), floor, baselines)
-    img = _figure_img(fig, "ROC curve")
     extra = f" Baselines on the same pairs: {', '.join(baselines)}." if baselines else ""
-    note = _note(f"False accept rate on a log scale; points with FAR = 0 are drawn at the left "
-                 f"edge ({floor:.2g} = 0.5 / {n_neg} different pairs).{extra}")
-    return _section("roc", "ROC curve", img + note)
+    note = (f"False accept rate on a log scale; points with FAR = 0 are drawn at the left "
+            f"edge ({floor:.2g} = 0.5 / {n_neg} different pairs).{extra}")
+    return _Block(img=_figure_uri(fig), note=note)
 
 
 def _roc_figure(roc: dict, eer: float | None, floor: float,
@@ -249,16 +199,15 @@ def _roc_figure(roc: dict, eer: float | None, floor: float,
     return fig
 
 
-def _distance_section(ev: Evaluation) -> str:
+def _distance_block(ev: Evaluation) -> _Block:
     """Overlaid same/different distance histograms with the threshold line."""
     d = np.asarray(ev.distances, dtype=float)
     same = np.asarray(ev.pairs.issame, dtype=bool)
     finite = np.isfinite(d)
     if not finite.any():
-        return _section("distances", "Pair distances", _note("No pair distances."))
+        return _Block(note="No pair distances.")
     threshold = _verification(ev).get("threshold")
-    fig = _histogram_figure(d[finite], same[finite], threshold)
-    return _section("distances", "Pair distances", _figure_img(fig, "distance histograms"))
+    return _Block(img=_figure_uri(_histogram_figure(d[finite], same[finite], threshold)))
 
 
 def _histogram_figure(d: np.ndarray, same: np.ndarray, threshold: float | None) -> Figure:
@@ -281,22 +230,19 @@ def _histogram_figure(d: np.ndarray, same: np.ndarray, threshold: float | None) 
 # --------------------------------------------------------------------------- training
 
 
-def _training_section(run_dir: Path | None) -> str:
-    """Training curves from ``run_dir/metrics.jsonl``, or a one-line note."""
-    heading = "Training"
+def _training_block(run_dir: Path | None) -> _Block:
+    """Training curves from ``run_dir/metrics.jsonl`` with a summary, or a one-line note."""
     if run_dir is None:
-        return _section("training", heading, _note(
-            "No training run is known for these embeddings; training curves skipped."))
+        return _Block(note="No training run is known for these embeddings; "
+                           "training curves skipped.")
     path = Path(run_dir) / "metrics.jsonl"
     try:
         log = read_metrics(path)
     except OSError:
-        return _section("training", heading, _note(f"No readable {path}; curves skipped."))
+        return _Block(note=f"No readable {path}; curves skipped.")
     if not log.steps and not log.epochs:
-        return _section("training", heading, _note(f"{path} has no rows; curves skipped."))
-    summary = _note(_training_summary(log, path))
-    img = _figure_img(_training_figure(log), "training curves")
-    return _section("training", heading, summary + img)
+        return _Block(note=f"{path} has no rows; curves skipped.")
+    return _Block(img=_figure_uri(_training_figure(log)), note=_training_summary(log, path))
 
 
 def _training_summary(log: RunLog, path: Path) -> str:
@@ -429,27 +375,55 @@ class _Thumbnails:
             return None
         return _png_uri(buf.getvalue())
 
-    def cell(self, i: int) -> str:
-        """One image (or placeholder) with the identity name below."""
+    def cell(self, i: int) -> _Cell:
+        """One image (or a placeholder saying why there is none) with the identity name."""
         uri = self.uri(i)
-        name = self.name(i)
-        tip = _esc(self.path(i) or f"item {i}")
+        reason = None
         if uri is None:
             reason = "no image path" if self.path(i) is None or self.root is None else "unreadable"
-            pic = f'<div class="ph">{reason}</div>'
-        else:
-            pic = f'<img src="{uri}" alt="{_esc(name)}">'
-        return f'<div class="cell" title="{tip}">{pic}<div class="name">{_esc(name)}</div></div>'
+        return _Cell(uri=uri, name=self.name(i), tip=self.path(i) or f"item {i}", reason=reason)
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Cell:
+    """One thumbnail of a grid: ``uri`` (None: a placeholder showing ``reason``), identity
+    ``name`` below it, the item's path as ``tip``."""
+
+    uri: str | None
+    name: str
+    tip: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class _Example:
+    """Two items shown side by side (a pair, or a query and its nearest item)."""
+
     a: int
     b: int
     caption: str
 
 
-def _example_sections(ev: Evaluation, max_examples: int) -> list[str]:
+@dataclass(frozen=True)
+class _Shown:
+    """An example as the template draws it."""
+
+    cells: tuple[_Cell, _Cell]
+    caption: str
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """An image-grid section: ``total`` errors of this kind, ``examples`` of them shown."""
+
+    id: str
+    heading: str
+    total: int
+    blurb: str
+    examples: list[_Shown]
+
+
+def _grids(ev: Evaluation, max_examples: int) -> list[_Grid]:
     """The three grids: false accepts, false rejects, failed top-1 retrievals."""
     labels = np.asarray(ev.labels)
     thumbs = _Thumbnails(ev.paths, ev.root, labels)
@@ -509,13 +483,7 @@ def _spread(items: np.ndarray, k: int) -> np.ndarray:
 
 
 def _grid(sid: str, heading: str, thumbs: _Thumbnails, examples: list[_Example], total: int,
-          blurb: str) -> str:
-    """A section of side-by-side image pairs; "none" when there are no such errors."""
-    if total == 0:
-        return _section(sid, heading, '<p class="note none">none</p>')
-    figs = "".join(
-        f'<figure class="ex"><div class="pair">{thumbs.cell(e.a)}{thumbs.cell(e.b)}</div>'
-        f"<figcaption>{_esc(e.caption)}</figcaption></figure>"
-        for e in examples
-    )
-    return _section(sid, heading, _note(blurb) + f'<div class="grid">{figs}</div>')
+          blurb: str) -> _Grid:
+    """A section of side-by-side image pairs (the template shows "none" when ``total == 0``)."""
+    shown = [_Shown((thumbs.cell(e.a), thumbs.cell(e.b)), e.caption) for e in examples]
+    return _Grid(sid, heading, int(total), blurb, shown)

@@ -62,7 +62,9 @@ def _keys(sources: Sequence[dict], section: str, field: str) -> list[float]:
 
 
 def metric_rows(sources: Sequence[dict]) -> list[tuple[str, list[str] | None]]:
-    """``(label, one cell per source)`` rows; ``cells is None`` marks a group heading."""
+    """``(label, one cell per source)`` rows; ``cells is None`` marks a group heading.
+
+    ``sources`` as from :func:`columns`; cells are display strings (:func:`fmt`), not markup."""
     ver = [s.get("verification") or {} for s in sources]
     ret = [s.get("retrieval") or {} for s in sources]
     rows: list[tuple[str, list[str] | None]] = [("Verification", None)]
@@ -102,8 +104,8 @@ def _val_cell(entry: Any) -> str:
 
 
 def format_text(metrics: dict) -> str:
-    """The table as fixed-width text (group headings as their own lines), with a closing line
-    saying how many pairs and queries it is about."""
+    """The table as fixed-width text, group headings as their own lines (the numbers of pairs
+    and queries are rows of the table)."""
     names, sources = columns(metrics)
     rows = metric_rows(sources)
     width = max(len(label) for label, _ in rows) + 2
