@@ -18,9 +18,10 @@ def pairwise_distances(
         distance: ``"euclidean"`` (L2), ``"squared_euclidean"`` or ``"cosine"`` (1 - cos).
 
     Returns:
-        ``(N, M)`` distances in the dtype of ``x`` promoted to at least float32.
-        The euclidean distance has a finite (zero) gradient where two points coincide:
-        ``sqrt`` is only evaluated on strictly positive squared distances.
+        ``(N, M)`` distances in the dtype of ``x`` promoted to at least float32 (``y`` is cast
+        to it; gradients flow back to both ``x`` and ``y``).  The euclidean distance has a
+        finite (zero) gradient where two points coincide: ``sqrt`` is only evaluated on
+        strictly positive squared distances.
     """
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
@@ -72,8 +73,11 @@ class _Euclidean(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, y, d = ctx.saved_tensors
         g = torch.where(d > 0, grad / d, torch.zeros((), dtype=d.dtype, device=d.device))
-        grad_x = x * g.sum(1, keepdim=True) - g @ y
-        grad_y = y * g.sum(0).unsqueeze(1) - g.T @ x
+        # d/dy_j = sum_i g_ij (y_j - x_i) / d_ij; skipped for a side that needs no gradient
+        # (detached references cost no (M, N) x (N, D) product).
+        need_x, need_y = ctx.same or ctx.needs_input_grad[0], ctx.same or ctx.needs_input_grad[1]
+        grad_x = x * g.sum(1, keepdim=True) - g @ y if need_x else None
+        grad_y = y * g.sum(0).unsqueeze(1) - g.T @ x if need_y else None
         if ctx.same:
             return grad_x + grad_y, None, None
         return grad_x, grad_y, None

@@ -1,9 +1,11 @@
 """The triplet loss over a batch of embeddings, with five ways of choosing the triplets.
 
-Notation: ``d_ap = dist[a, p]`` for a positive pair (same label, ``a != p``), ``d_an =
-dist[a, n]`` for a negative pair (different labels); a *valid triplet* ``(a, p, n)`` joins the
-two.  ``m`` is the margin.  The per-triplet loss is ``max(d_ap - d_an + m, 0)`` (hard margin)
-or ``softplus(d_ap - d_an)`` when ``margin=None`` (soft margin, Hermans et al. 2017).  Margin
+Notation: anchors are the ``B`` rows of the batch; positives and negatives are drawn from ``R``
+*references*, by default the batch itself (see "Reference sets" below).  ``d_ap = dist[a, p]``
+for a positive pair (same label, ``p`` not the anchor itself), ``d_an = dist[a, n]`` for a
+negative pair (different labels); a *valid triplet* ``(a, p, n)`` joins the two.  ``m`` is the
+margin.  The per-triplet loss is ``max(d_ap - d_an + m, 0)`` (hard margin) or
+``softplus(d_ap - d_an)`` when ``margin=None`` (soft margin, Hermans et al. 2017).  Margin
 comparisons are evaluated as ``d_ap`` against ``d_an - m``.
 
 ``mining`` chooses which terms are averaged:
@@ -33,27 +35,60 @@ comparisons are evaluated as ``d_ap`` against ``d_an - m``.
 ``"all"``
     Every valid triplet; the mean over all of them.
 
-Ties between equal distances are broken towards the lowest sample index (TF-Addons splits the
-gradient between tied negatives instead; values agree).  When no term is left to average, the
-loss is ``0`` with a zero gradient.
+Ties between equal distances are broken towards the lowest reference index (TF-Addons splits
+the gradient between tied negatives instead; values agree).  When no term is left to average,
+the loss is ``0`` with a zero gradient.
 
-Cost.  No ``B^3`` tensor is built and no Python loop runs over anchors.  Each anchor's ``G``
-positive distances (``G`` = largest identity size - 1) are sorted, and every negative distance
-is located among them (:mod:`facetrip.loss.mining`): for every negative pair that gives how many
-positives form an easy / semi-hard / hard triplet with it, in ``O(B^2 log G)`` time, anchors
-being processed in blocks of rows.  ``semihard_all``, ``batch_all`` and ``all`` then need, per
+Reference sets (pytorch-metric-learning's ``ref_emb`` / ``ref_labels``).  With
+``ref_embeddings`` ``(R, D)`` and ``ref_labels`` ``(R,)``, anchors still come from the batch but
+positives and negatives from the references, so that a batch can mine against an all-gathered
+global batch or a memory of past batches.  ``ref_self_index`` says which reference is each
+anchor itself, and that pair is never formed (:func:`facetrip.loss.mining.resolve_references`):
+an ``int`` offset ``o`` when the batch is the rows ``o : o + B`` of the references, a ``(B,)``
+int64 tensor (``-1`` for "not in the references") in general, ``None`` when no reference is an
+anchor.  Without references the batch is its own reference set minus the diagonal: the loss
+and statistics are bit for bit those of ``ref_embeddings=embeddings, ref_labels=labels,
+ref_self_index=0`` (the gradients agree to rounding: autograd of ``x x^T`` and of ``x y^T``
+sum in different orders).  Gradients flow into both ``embeddings`` and ``ref_embeddings``.
+Every term of every mode belongs to one anchor, so the terms of a global batch are the
+disjoint union of its ranks' terms.
+
+Distributed training.  Let every rank ``k`` of ``W`` hold a local batch ``x_k`` (``B_k`` rows
+at offset ``o_k`` of the global batch) and compute ``L_k = triplet_loss(x_k, labels_k,
+ref_embeddings=gathered, ref_labels=gathered_labels, ref_self_index=o_k)`` with ``n_k`` terms
+(``stats["n_triplets"]``).  The single-process loss of the global batch is a mean over its
+``N = sum_k n_k`` terms, so it equals ``sum_k (n_k / N) L_k``: each rank's loss must be weighted
+by its share of the terms, not averaged with equal weights.  For the gradient to be that of the
+global loss, the gradient each rank computes for ``gathered`` must reach the rank that owns each
+row, summed over ranks: gather with a differentiable all-gather whose backward sums (e.g.
+``torch.distributed.nn.functional.all_gather``) and backpropagate ``W * (n_k / N) * L_k`` on
+every rank (``N`` from an all-reduce of ``n_k``; the factor ``W`` undoes DDP's averaging of
+parameter gradients; drop it without DDP).  If instead the other ranks' rows are detached and
+only the local ``x_k`` sits in its slice of ``gathered`` (pytorch-metric-learning's
+``DistributedLossWrapper(efficient=True)``), the loss value is the same but the gradient drops,
+for every term, the parts with respect to positives and negatives held by a rank other than the
+anchor's.
+
+Cost.  No ``B x R x R`` tensor is built and no Python loop runs over anchors.  Each anchor's
+``G`` positive distances (``G`` = most positives of an anchor, largest identity size - 1 for
+the batch alone) are sorted, and every negative distance is located among them
+(:mod:`facetrip.loss.mining`): for every negative pair that gives how many positives form an
+easy / semi-hard / hard triplet with it, in ``O(B R log G)`` time, anchors being processed in
+blocks of rows.  ``semihard_all``, ``batch_all`` and ``all`` then need, per
 negative, the number of positives in a rank window and, per positive, the number of negatives
 whose window holds it (a difference array and a prefix sum over the ranks).  With a hard margin
 the loss is linear in the distances once the triplets are chosen, so these counts are its
-exact gradient with respect to the ``(B, B)`` distance matrix: memory is ``O(B^2)``, gradients
+exact gradient with respect to the ``(B, R)`` distance matrix: memory is ``O(B R)``, gradients
 included.  With the soft margin ``batch_all`` / ``all`` need ``sum_n softplus(d_ap - d_an)``
 for every positive pair, which no prefix sum gives: it is evaluated one positive rank at a
-time, ``O(B^2 G)`` time (``O(B^3)`` for a batch of few identities) and still ``O(B^2)``
-memory.  Everything is computed in float32 at least: fp16 / bf16 embeddings are upcast first.
+time, ``O(B R G)`` time (``O(B R^2)`` for references of few identities) and still ``O(B R)``
+memory.  Everything is computed in float32 at least: fp16 / bf16 embeddings are upcast first,
+and the references are cast to the embeddings' compute dtype.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -69,6 +104,7 @@ from facetrip.loss.mining import (
     count_valid_triplets,
     difficulty_counts,
     rank_negatives,
+    resolve_references,
     semihard_in_block,
     validate_batch,
 )
@@ -91,6 +127,9 @@ def triplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     *,
+    ref_embeddings: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    ref_self_index: torch.Tensor | int | None = None,
     mining: str = "semihard",
     margin: float | None = 0.2,
     distance: str = "euclidean",
@@ -98,22 +137,40 @@ def triplet_loss(
     """Triplet loss of a batch; see the module docstring for the ``mining`` modes.
 
     Args:
-        embeddings: ``(B, D)`` float embeddings (any float dtype; fp16 / bf16 are upcast).
+        embeddings: ``(B, D)`` float embeddings of the anchors (any float dtype; fp16 / bf16
+            are upcast).
         labels: ``(B,)`` integer identity labels.
+        ref_embeddings: ``(R, D)`` float embeddings the positives and negatives are drawn
+            from, ``R >= 1``; ``None`` (default) means the batch itself, each anchor excluded
+            as its own positive.  Cast to the dtype ``embeddings`` are computed in.
+        ref_labels: ``(R,)`` integer labels of ``ref_embeddings``; given with them only.
+        ref_self_index: which reference is each anchor itself (never paired with it); given
+            with ``ref_embeddings`` only.  An ``int`` offset ``o``: the batch is the rows
+            ``o : o + B`` of the references (an all-gathered global batch); a ``(B,)`` integer
+            tensor: entry ``a`` is the reference row that is anchor ``a``, or ``-1`` if none
+            (a memory that may hold the batch anywhere); ``None``: no reference is an anchor.
+            A named reference must carry its anchor's label.
         mining: one of ``MININGS``.
         margin: ``m >= 0``, or ``None`` for the soft margin ``softplus(d_ap - d_an)``.
         distance: one of ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"``.
 
     Returns:
-        The scalar loss (float32, or float64 for float64 embeddings).
+        The scalar loss (float32, or float64 for float64 embeddings), differentiable with
+        respect to ``embeddings`` and ``ref_embeddings``.
     """
-    return _loss_and_stats(embeddings, labels, mining, margin, distance, diagnose=False)[0]
+    return _loss_and_stats(
+        embeddings, labels, ref_embeddings, ref_labels, ref_self_index, mining, margin, distance,
+        diagnose=False,
+    )[0]
 
 
 def triplet_loss_with_stats(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     *,
+    ref_embeddings: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    ref_self_index: torch.Tensor | int | None = None,
     mining: str = "semihard",
     margin: float | None = 0.2,
     distance: str = "euclidean",
@@ -131,20 +188,37 @@ def triplet_loss_with_stats(
     * ``frac_hard`` (``d_an < d_ap``), ``frac_semihard`` (``d_an - m < d_ap <= d_an``),
       ``frac_easy`` (``d_ap <= d_an - m``): fractions of all valid triplets, with ``m = 0`` for
       the soft margin (so ``frac_semihard = 0``);
-    * ``mean_pairwise_distance``: mean off-diagonal distance;
-    * ``n_triplets``: number of terms the loss averaged.
+    * ``mean_pairwise_distance``: mean of the ``(B, R)`` anchor-to-reference distances, leaving
+      out each anchor's distance to itself (``B R`` entries minus one per anchor found among
+      the references); without references, the mean off-diagonal distance of the batch;
+    * ``n_triplets``: number of terms the loss averaged (with references, every term belongs to
+      one anchor: see the module docstring for weighting ranks by it).
 
-    Every statistic is 0.0 when the batch has no valid triplet.
+    Every statistic is 0.0 when there is no valid triplet.
 
     Returns:
         ``(loss, stats)``; arguments as :func:`triplet_loss`.
     """
-    return _loss_and_stats(embeddings, labels, mining, margin, distance, diagnose=True)
+    return _loss_and_stats(
+        embeddings, labels, ref_embeddings, ref_labels, ref_self_index, mining, margin, distance,
+        diagnose=True,
+    )
+
+
+class _Refs(NamedTuple):
+    """Explicit references for the miners: ``(R,)`` labels and ``(B,)`` self rows (``-1``:
+    none); both ``None`` for the batch as its own references (self = the diagonal)."""
+
+    labels: torch.Tensor | None = None
+    self_index: torch.Tensor | None = None
 
 
 def _loss_and_stats(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
+    ref_embeddings: torch.Tensor | None,
+    ref_labels: torch.Tensor | None,
+    ref_self_index: torch.Tensor | int | None,
     mining: str,
     margin: float | None,
     distance: str,
@@ -155,12 +229,26 @@ def _loss_and_stats(
     labels = labels.to(embeddings.device)
     if embeddings.dtype in (torch.float16, torch.bfloat16):
         embeddings = embeddings.float()
-    dist = pairwise_distances(embeddings, distance=distance)
-    n_valid = count_valid_triplets(labels)
+    if ref_embeddings is None:
+        if ref_labels is not None or ref_self_index is not None:
+            raise ValueError("ref_labels and ref_self_index need ref_embeddings")
+        refs = _Refs()
+        dist = pairwise_distances(embeddings, distance=distance)
+    else:
+        if ref_labels is None:
+            raise ValueError("ref_embeddings need ref_labels")
+        validate_batch(ref_embeddings, ref_labels, what="reference set")
+        if ref_embeddings.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"embeddings of dimension {embeddings.shape[1]} but references of "
+                             f"dimension {ref_embeddings.shape[1]}")
+        refs = _Refs(*resolve_references(labels, ref_labels.to(labels.device), ref_self_index))
+        ref_embeddings = ref_embeddings.to(embeddings.device)
+        dist = pairwise_distances(embeddings, ref_embeddings, distance=distance)
+    n_valid = count_valid_triplets(labels, *refs)
     if n_valid == 0:
         return _zero_loss(dist), dict.fromkeys(STAT_NAMES, 0.0)
-    terms, difficulty = _mode_terms(dist, labels, mining, margin, diagnose)
-    return terms.loss, _stats(dist, terms, difficulty, n_valid) if diagnose else {}
+    terms, difficulty = _mode_terms(dist, labels, refs, mining, margin, diagnose)
+    return terms.loss, _stats(dist, refs, terms, difficulty, n_valid) if diagnose else {}
 
 
 class TripletLoss(nn.Module):
@@ -182,11 +270,19 @@ class TripletLoss(nn.Module):
         self.distance = distance
 
     def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        ref_self_index: torch.Tensor | int | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``(B, D)`` embeddings and ``(B,)`` labels to ``(scalar loss, stats)``."""
+        """``(B, D)`` embeddings and ``(B,)`` labels to ``(scalar loss, stats)``, against the
+        optional ``(R, D)`` / ``(R,)`` references (see :func:`triplet_loss`)."""
         return triplet_loss_with_stats(
-            embeddings, labels, mining=self.mining, margin=self.margin, distance=self.distance
+            embeddings, labels, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
+            ref_self_index=ref_self_index, mining=self.mining, margin=self.margin,
+            distance=self.distance,
         )
 
     def extra_repr(self) -> str:
@@ -217,15 +313,27 @@ class _Terms(NamedTuple):
 
 
 def _mode_terms(
-    dist: torch.Tensor, labels: torch.Tensor, mining: str, margin: float | None, diagnose: bool
+    dist: torch.Tensor,
+    labels: torch.Tensor,
+    refs: _Refs,
+    mining: str,
+    margin: float | None,
+    diagnose: bool,
 ) -> tuple[_Terms, torch.Tensor]:
     """The mode's terms and the ``(3,)`` hard / semi-hard / easy counts (zeros unless
-    ``diagnose``)."""
+    ``diagnose``), from the ``(B, R)`` distances."""
     if mining in ("semihard", "batch_hard"):
-        return _explicit(dist, labels, mining, margin, diagnose)
+        return _explicit(dist, labels, refs, mining, margin, diagnose)
     if margin is None:
-        return _soft_all(dist, labels, diagnose)
-    return _window(dist, labels, mining, margin, diagnose)
+        return _soft_all(dist, labels, refs, diagnose)
+    return _window(dist, labels, refs, mining, margin, diagnose)
+
+
+def _ranks(
+    dist: torch.Tensor, labels: torch.Tensor, refs: _Refs, margin: float = 0.0
+) -> Iterator[NegativeRanks]:
+    return rank_negatives(dist, labels, margin, ref_labels=refs.labels,
+                          ref_self_index=refs.self_index)
 
 
 def _zero_loss(dist: torch.Tensor) -> torch.Tensor:
@@ -244,20 +352,25 @@ def _no_counts(dist: torch.Tensor) -> torch.Tensor:
 
 
 def _explicit(
-    dist: torch.Tensor, labels: torch.Tensor, mining: str, margin: float | None, diagnose: bool
+    dist: torch.Tensor,
+    labels: torch.Tensor,
+    refs: _Refs,
+    mining: str,
+    margin: float | None,
+    diagnose: bool,
 ) -> tuple[_Terms, torch.Tensor]:
     """``semihard`` / ``batch_hard``: mean loss over one mined triplet per pair / anchor."""
     select = semihard_in_block if mining == "semihard" else batch_hard_in_block
     parts, difficulty = [], _no_counts(dist)
     with torch.no_grad():
-        for ranks in rank_negatives(dist, labels, margin or 0.0):
+        for ranks in _ranks(dist, labels, refs, margin or 0.0):
             parts.append(select(ranks))
             if diagnose:
                 difficulty += difficulty_counts(ranks)
     a, p, n = concat_triplets(parts)
     if a.numel() == 0:
         return _Terms(_zero_loss(dist), 0, 0, 0, 0.0, 0.0), difficulty
-    # One gather for both distances: its backward allocates one (B, B) gradient, not two.
+    # One gather for both distances: its backward allocates one (B, R) gradient, not two.
     d_ap, d_an = dist[torch.cat([a, a]), torch.cat([p, n])].split(a.numel())
     losses = _per_triplet(d_ap - d_an, margin)
     with torch.no_grad():
@@ -310,11 +423,11 @@ def _window_block(
     """The triplets whose positive has, for their negative, a rank in ``[n_easy, upper)``.
 
     Those positives have ``d_ap > d_an - m``: the triplet's hinge is positive, and the loss
-    is linear in the distances.  ``upper`` is ``(r, B)`` or ``(r, 1)``.  A difference array over
+    is linear in the distances.  ``upper`` is ``(r, R)`` or ``(r, 1)``.  A difference array over
     the positive ranks (``+1`` at ``n_easy``, ``-1`` at ``upper``, then a prefix sum) counts,
     for every positive, the negatives it forms such a triplet with.
 
-    Writes ``d(sum of the block's hinges) / d(distances)`` into the ``(r, B)`` ``weights`` and
+    Writes ``d(sum of the block's hinges) / d(distances)`` into the ``(r, R)`` ``weights`` and
     returns the number of triplets, the sum of their ``d_ap`` and of their ``d_an``.
     """
     d = ranks.distances
@@ -342,7 +455,12 @@ def _constant(value: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _window(
-    dist: torch.Tensor, labels: torch.Tensor, mining: str, margin: float, diagnose: bool
+    dist: torch.Tensor,
+    labels: torch.Tensor,
+    refs: _Refs,
+    mining: str,
+    margin: float,
+    diagnose: bool,
 ) -> tuple[_Terms, torch.Tensor]:
     """``semihard_all``, ``batch_all`` and ``all`` with a hard margin."""
     semihard = mining == "semihard_all"
@@ -350,7 +468,7 @@ def _window(
     window, pairs = _Running(3, dist.device), _Running(4, dist.device)
     difficulty = _no_counts(dist)
     with torch.no_grad():
-        for ranks in rank_negatives(dist, labels, margin):
+        for ranks in _ranks(dist, labels, refs, margin):
             upper = ranks.n_closer if semihard else ranks.n_positives[:, None]
             window.add(*_window_block(ranks, upper, weights[ranks.anchors]))
             if diagnose:
@@ -358,7 +476,7 @@ def _window(
                 pairs.add(*_pair_sums(ranks))
     n_window, sum_ap, sum_an = window.values()
     n_window = round(n_window)
-    n_valid = count_valid_triplets(labels)
+    n_valid = count_valid_triplets(labels, *refs)
     n_terms = n_valid if mining == "all" else n_window
     if n_terms == 0:
         loss = _zero_loss(dist)
@@ -377,7 +495,7 @@ def _window(
 
 def _softplus_block(ranks: NegativeRanks, weights: torch.Tensor) -> torch.Tensor:
     """Soft-margin loss sum of a block, one positive rank at a time; its gradient w.r.t. the
-    block's distances goes to the ``(r, B)`` ``weights``."""
+    block's distances goes to the ``(r, R)`` ``weights``."""
     d = ranks.distances
     neg = ranks.negatives.to(d.dtype)
     pos_d = ranks.positive_distances
@@ -397,25 +515,25 @@ def _softplus_block(ranks: NegativeRanks, weights: torch.Tensor) -> torch.Tensor
 
 
 def _soft_all(
-    dist: torch.Tensor, labels: torch.Tensor, diagnose: bool
+    dist: torch.Tensor, labels: torch.Tensor, refs: _Refs, diagnose: bool
 ) -> tuple[_Terms, torch.Tensor]:
     """``batch_all`` / ``all`` with the soft margin: every term is positive, so both agree."""
     weights = torch.empty_like(dist, requires_grad=False)  # every row is written below
     total, pairs, difficulty = _Running(1, dist.device), _Running(4, dist.device), _no_counts(dist)
     with torch.no_grad():
-        for ranks in rank_negatives(dist, labels):
+        for ranks in _ranks(dist, labels, refs):
             total.add(_softplus_block(ranks, weights[ranks.anchors]))
             if diagnose:
                 difficulty += difficulty_counts(ranks)
                 pairs.add(*_pair_sums(ranks))
-    n_valid = count_valid_triplets(labels)
+    n_valid = count_valid_triplets(labels, *refs)
     value = dist.new_tensor(total.values()[0] / n_valid)
     loss = _WithGradient.apply(dist, value, weights.div_(n_valid))
     return _Terms(loss, n_valid, n_valid, n_valid, *_pair_means(pairs)), difficulty
 
 
 class _WithGradient(torch.autograd.Function):
-    """A scalar of ``dist`` whose value and ``(B, B)`` gradient were computed without autograd."""
+    """A scalar of ``dist`` whose value and ``(B, R)`` gradient were computed without autograd."""
 
     @staticmethod
     def forward(ctx, dist: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -429,12 +547,23 @@ class _WithGradient(torch.autograd.Function):
         return grad * grad_output, None, None
 
 
-def _stats(
-    dist: torch.Tensor, terms: _Terms, difficulty: torch.Tensor, n_valid: int
-) -> dict[str, float]:
-    batch = dist.shape[0]
+def _mean_distance(dist: torch.Tensor, refs: _Refs) -> float:
+    """Mean of the ``(B, R)`` distances that do not pair an anchor with itself."""
+    batch, n_refs = dist.shape
     with torch.no_grad():
-        mean_distance = float(dist.sum(dtype=torch.float64)) / (batch * (batch - 1))
+        if refs.self_index is None:
+            return float(dist.sum(dtype=torch.float64)) / (batch * (n_refs - 1))
+        rows = torch.nonzero(refs.self_index >= 0).squeeze(1)
+        keep = torch.ones(dist.shape, dtype=torch.bool, device=dist.device)
+        keep[rows, refs.self_index[rows]] = False
+        kept = batch * n_refs - rows.numel()
+        return float((dist * keep).sum(dtype=torch.float64)) / kept if kept else 0.0
+
+
+def _stats(
+    dist: torch.Tensor, refs: _Refs, terms: _Terms, difficulty: torch.Tensor, n_valid: int
+) -> dict[str, float]:
+    mean_distance = _mean_distance(dist, refs)
     hard, semihard, easy = (int(c) / n_valid for c in difficulty)
     return {
         "active_fraction": terms.n_active / terms.n_candidates if terms.n_candidates else 0.0,

@@ -63,3 +63,17 @@ def test_euclidean_gradient_matches_autograd_of_the_direct_formula(same):
     assert torch.allclose(xa.grad, xb.grad, atol=1e-8)
     if not same:
         assert torch.allclose(ya.grad, yb.grad, atol=1e-8)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
+def test_gradients_with_respect_to_both_sides(distance):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: pairwise_distances(a, b, distance), (x, y))
+    # One side detached (references that carry no gradient): the other side's is unchanged.
+    w = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    gx, gy = torch.autograd.grad((pairwise_distances(x, y, distance) * w).sum(), (x, y))
+    (only_x,) = torch.autograd.grad((pairwise_distances(x, y.detach(), distance) * w).sum(), x)
+    (only_y,) = torch.autograd.grad((pairwise_distances(x.detach(), y, distance) * w).sum(), y)
+    assert torch.equal(only_x, gx) and torch.equal(only_y, gy)

@@ -196,3 +196,122 @@ def test_semihard_falls_back_to_the_farthest_negative() -> None:
     chosen = dict(zip(zip(a.tolist(), p.tolist()), n.tolist()))
     assert chosen[(0, 1)] == 2  # none farther than 4: the farthest, lowest index on ties
     assert chosen[(1, 0)] == 2  # 5 > 4 for both: the closer of them, lowest index on ties
+
+
+# ---------------------------------------------------------------- reference sets (B, R)
+
+
+def ref_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """``(B, R)`` grid distances of 7 anchors to 12 references holding 4 of them; labels."""
+    gen = torch.Generator().manual_seed(seed)
+    emb = torch.randint(-2, 3, (7, 2), generator=gen).double() * 0.5
+    refs = torch.randint(-2, 3, (12, 2), generator=gen).double() * 0.5
+    labels = torch.randint(0, 3, (7,), generator=gen)
+    ref_labels = torch.randint(0, 4, (12,), generator=gen)
+    self_row = [-1, 8, -1, 0, 11, 3, -1]
+    for a, j in enumerate(self_row):
+        if j >= 0:
+            refs[j], ref_labels[j] = emb[a], labels[a]
+    return pairwise_distances(emb, refs, "squared_euclidean"), labels, ref_labels, self_row
+
+
+REF_BATCHES = [ref_batch(s) for s in range(5)]
+
+
+def loop_ref_pairs(
+    labels: torch.Tensor, ref_labels: torch.Tensor, self_row: list[int]
+) -> tuple[list[list[int]], list[list[int]]]:
+    lab, ref = labels.tolist(), ref_labels.tolist()
+    pos = [[j for j in range(len(ref)) if ref[j] == lab[i] and j != self_row[i]]
+           for i in range(len(lab))]
+    neg = [[j for j in range(len(ref)) if ref[j] != lab[i]] for i in range(len(lab))]
+    return pos, neg
+
+
+def test_resolve_references() -> None:
+    labels, ref_labels = torch.tensor([1, 2, 1]), torch.tensor([0, 1, 2, 1, 5])
+    same, diagonal = mining.resolve_references(labels)
+    assert same is labels and diagonal.tolist() == [0, 1, 2]
+    assert mining.resolve_references(labels, ref_labels)[1].tolist() == [-1, -1, -1]
+    assert mining.resolve_references(labels, ref_labels, 1)[1].tolist() == [1, 2, 3]
+    rows = torch.tensor([3, -1, 1], dtype=torch.int32)
+    assert mining.resolve_references(labels, ref_labels, rows)[1].tolist() == [3, -1, 1]
+    bad_rows = ([3, 2, 0], [0, 2, 3], [5, 2, 3], [-2, 2, 3], [1, 2])
+    for bad in (0, 3, -1, 1.0, True, rows.float(), *map(torch.tensor, bad_rows)):
+        with pytest.raises(ValueError):
+            mining.resolve_references(labels, ref_labels, bad)
+    with pytest.raises(ValueError):
+        mining.resolve_references(labels, None, 0)
+    with pytest.raises(ValueError):
+        mining.resolve_references(labels, ref_labels.float())
+    with pytest.raises(ValueError):
+        mining.resolve_references(labels, ref_labels[:0])
+
+
+def test_masks_table_and_count_with_references() -> None:
+    for dist, labels, ref_labels, self_row in REF_BATCHES:
+        refs = dict(ref_labels=ref_labels, ref_self_index=torch.tensor(self_row))
+        loop_pos, loop_neg = loop_ref_pairs(labels, ref_labels, self_row)
+        pos, neg = mining.positive_negative_masks(labels, **refs)
+        assert pos.shape == neg.shape == dist.shape
+        for i in range(len(labels)):
+            assert pos[i].nonzero().flatten().tolist() == loop_pos[i]
+            assert neg[i].nonzero().flatten().tolist() == loop_neg[i]
+        rows_pos, _ = mining.positive_negative_masks(labels, slice(2, 5), **refs)
+        assert torch.equal(rows_pos, pos[2:5])
+        columns, counts = mining.positive_table(labels, **refs)
+        assert columns.shape == (len(labels), max(1, max(map(len, loop_pos))))
+        for i, expected in enumerate(loop_pos):
+            assert counts[i] == len(expected)
+            assert columns[i, : len(expected)].tolist() == expected
+        assert mining.count_valid_triplets(labels, **refs) == sum(
+            len(p) * len(n) for p, n in zip(loop_pos, loop_neg))
+
+
+def test_positive_table_without_any_positive() -> None:
+    columns, counts = mining.positive_table(torch.tensor([0, 1]), torch.tensor([2, 2, 3]))
+    assert columns.tolist() == [[0], [0]] and counts.tolist() == [0, 0]
+    assert mining.count_valid_triplets(torch.tensor([0, 1]), torch.tensor([2, 2, 3])) == 0
+
+
+def test_ranks_with_references_match_loops(counting: str) -> None:
+    margin = 0.25
+    for dist, labels, ref_labels, self_row in REF_BATCHES:
+        pos, neg = loop_ref_pairs(labels, ref_labels, self_row)
+        d = dist.tolist()
+        blocks = list(mining.rank_negatives(
+            dist, labels, margin, block_elements=2 * dist.shape[1], ref_labels=ref_labels,
+            ref_self_index=torch.tensor(self_row)))
+        assert len(blocks) == 4
+        for ranks in blocks:
+            assert ranks.distances.shape[1] == dist.shape[1]
+            for row, a in enumerate(range(len(labels))[ranks.anchors]):
+                assert ranks.n_positives[row] == len(pos[a])
+                for n in neg[a]:
+                    d_ap = [d[a][p] for p in pos[a]]
+                    assert ranks.n_easy[row, n] == sum(x <= d[a][n] - margin for x in d_ap)
+                    assert ranks.n_not_hard[row, n] == sum(x <= d[a][n] for x in d_ap)
+                    assert ranks.n_closer[row, n] == sum(x < d[a][n] for x in d_ap)
+    with pytest.raises(ValueError):
+        next(mining.rank_negatives(dist[:, :5], labels, ref_labels=ref_labels))
+
+
+def test_miners_with_references_match_loops(counting: str) -> None:
+    for dist, labels, ref_labels, self_row in REF_BATCHES:
+        pos, neg = loop_ref_pairs(labels, ref_labels, self_row)
+        d = dist.tolist()
+        hard, semi = [], []
+        for a in range(len(labels)):
+            if not neg[a]:
+                continue
+            if pos[a]:
+                hard.append((a, max(pos[a], key=lambda j: (d[a][j], -j)),
+                             min(neg[a], key=lambda j: (d[a][j], j))))
+            for p in pos[a]:
+                farther = [n for n in neg[a] if d[a][n] > d[a][p]]
+                semi.append((a, p, min(farther, key=lambda j: (d[a][j], j)) if farther
+                             else max(neg[a], key=lambda j: (d[a][j], -j))))
+        refs = dict(ref_labels=ref_labels, ref_self_index=torch.tensor(self_row))
+        assert as_set(mining.batch_hard_triplets(dist, labels, **refs)) == set(hard)
+        found = mining.semihard_triplets(dist, labels, **refs)
+        assert len(found[0]) == len(semi) and as_set(found) == set(semi)
