@@ -83,9 +83,11 @@ def preprocess_from_config(data: DataConfig) -> Preprocess:
     return Preprocess(data.image_size, data.crop_fraction, box, data.grayscale)
 
 
-def batch_seed(seed: int, epoch: int, batch: int) -> int:
-    """The augmentation seed of one batch: a function of ``(seed, epoch, batch number)`` only."""
-    state = np.random.SeedSequence([seed, epoch, batch, 0xA06]).generate_state(1, np.uint64)
+def batch_seed(seed: int, epoch: int, batch: int, rank: int | None = None) -> int:
+    """The augmentation seed of one batch: a function of ``(seed, epoch, batch number)`` only
+    (and of the rank, for one rank's share of a distributed batch)."""
+    key = [seed, epoch, batch, 0xA06] + ([] if rank is None else [rank])
+    state = np.random.SeedSequence(key).generate_state(1, np.uint64)
     return int(state[0] >> 1)
 
 
@@ -95,8 +97,10 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         std_t = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1) / std_t
+        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
+        # buffers, so the exported TorchScript module carries them; not in any state dict
+        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift.to(images.device), images.float(),

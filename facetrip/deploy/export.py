@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from facetrip.data.crop import crop_region
-from facetrip.data.transforms import GREY_WEIGHTS, Preprocess
+from facetrip.data.transforms import GREY_WEIGHTS, Normalize, Preprocess
 from facetrip.io import atomic_write
 from facetrip.model import EmbeddingNet
 
@@ -38,8 +38,7 @@ class ExportedEmbedder(nn.Module):
         self.crop_box = list(preprocess.crop_box or [])  # [] = centre crop
         self.grayscale = preprocess.grayscale
         self.grey_weights = list(GREY_WEIGHTS)
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1))
+        self.normalize = Normalize(mean, std)  # the training path's own arithmetic
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -58,12 +57,12 @@ class ExportedEmbedder(nn.Module):
                 x = nn.functional.interpolate(x.float(), size=size, mode="bilinear",
                                               align_corners=False, antialias=True)
                 x = x.round().clamp(0.0, 255.0)
-        x = x.float()
         if self.grayscale:  # ITU-R 601 luma truncated to 8 bits, as torchvision
             r, g, b = self.grey_weights[0], self.grey_weights[1], self.grey_weights[2]
-            grey = x[:, 0:1] * r + x[:, 1:2] * g + x[:, 2:3] * b
+            f = x.float()
+            grey = f[:, 0:1] * r + f[:, 1:2] * g + f[:, 2:3] * b
             x = grey.trunc().expand(-1, 3, -1, -1)
-        return (x / 255.0 - self.mean) / self.std
+        return self.normalize(x)
 
 
 def export_torchscript(

@@ -1,8 +1,6 @@
 """End to end through the CLI: synth -> train -> resume -> eval -> embed -> export."""
 
 import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -12,24 +10,11 @@ import torch
 from facetrip.config import load_config
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 from facetrip.training.train import train
+from tests.conftest import TINY_CLI as TINY
+from tests.conftest import as_sets as _sets
+from tests.conftest import run_cli
 
-TINY = [
-    "data.image_size=32", "data.val_fraction=0.25", "sampler.p=4", "sampler.k=4",
-    "model.embedding_dim=16", "eval.pairs_per_fold=10", "eval.folds=2", "train.epochs=2",
-    "optim.lr=0.001",
-]
-
-
-def run_cli(*args, ok=True):
-    proc = subprocess.run([sys.executable, "-m", "facetrip", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-    if ok:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def _sets(items):
-    return [a for item in items for a in ("--set", item)]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from facetrip.data.dataset import CachedFaceDataset, FaceDataset
 from facetrip.data.index import list_dataset
 from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
+from tests.conftest import TINY_RUN, as_sets
 
 SPEC = Preprocess(24, crop_fraction=0.8)
 
@@ -121,10 +122,9 @@ def test_cli_cache_then_train_from_it_with_images_per_s_and_eta(faces, tmp_path)
     made = cli("cache", faces, "--size", 16, "--out", tmp_path / "c")
     assert "12 images of 4 identities, 16x16" in made.stdout
     assert "built (no cache yet)" in made.stdout
-    sets = [f"data.root={faces}", f"data.cache={tmp_path / 'c'}", "data.image_size=16",
-            "data.val_fraction=0", "sampler.p=2", "sampler.k=2", "sampler.batches_per_epoch=3",
-            "train.epochs=1", "model.embedding_dim=4", "train.device=cpu"]
-    run = cli("train", *[a for s in sets for a in ("--set", s)], "--out", tmp_path / "run")
+    sets = [f"data.root={faces}", f"data.cache={tmp_path / 'c'}", *TINY_RUN,
+            "sampler.batches_per_epoch=3"]
+    run = cli("train", *as_sets(sets), "--out", tmp_path / "run")
     assert "up to date, reused" in run.stdout, run.output
     bar = run.stderr.replace("\r", "\n").splitlines()
     done = [line for line in bar if line.startswith("epoch 1: 100%")]
@@ -132,16 +132,13 @@ def test_cli_cache_then_train_from_it_with_images_per_s_and_eta(faces, tmp_path)
     assert "12/12 [" in done[-1] and "img/s" in done[-1] and "<00:00" in done[-1], done[-1]
 
 
-def test_training_with_a_new_cache_equals_training_from_the_files(faces, tmp_path):
-    from facetrip.config import load_config
+def test_training_with_a_new_cache_equals_training_from_the_files(faces, tmp_path, tiny_config):
     from facetrip.training.checkpoint import load_checkpoint
     from facetrip.training.train import train
 
-    sets = [f"data.root={faces}", "data.image_size=16", "data.val_fraction=0", "sampler.p=2",
-            "sampler.k=2", "sampler.batches_per_epoch=2", "train.epochs=1",
-            "model.embedding_dim=4", "train.device=cpu", "data.workers=0"]
-    train(load_config(None, sets), tmp_path / "files")
-    train(load_config(None, sets + [f"data.cache={tmp_path / 'c'}"]), tmp_path / "cached")
+    sets = ["sampler.batches_per_epoch=2", "data.workers=0"]
+    train(tiny_config(faces, *sets), tmp_path / "files")
+    train(tiny_config(faces, *sets, f"data.cache={tmp_path / 'c'}"), tmp_path / "cached")
     a = load_checkpoint(tmp_path / "files" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "cached" / "last.pt")["model"]
     for key in a:  # building the cache must not shift the seeded initial weights

@@ -4,7 +4,6 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from facetrip.config import load_config
 from facetrip.data.dataset import FaceDataset, load_rgb
 from facetrip.data.decode import decode_rgb
 from facetrip.data.index import filter_min_images, scan_identity_folder, split_identities
@@ -156,12 +155,8 @@ def test_batch_augment_is_a_function_of_its_seed_and_normalize_is_exact():
     assert kept.min() >= 159 and kept.max() <= 241 and kept.std() > 5  # brightness x0.8-1.2
 
 
-def _tiny_cfg(root, *extra):
-    return load_config(None, [f"data.root={root}", "data.image_size=16", "data.val_fraction=0",
-                              "sampler.p=2", "sampler.k=2", "seed=5", *extra])
-
-
-def test_augmented_batches_depend_only_on_seed_and_epoch_also_with_workers(tmp_path):
+def test_augmented_batches_depend_only_on_seed_and_epoch_also_with_workers(tmp_path,
+                                                                          tiny_config):
     for i in range(3):
         for j in range(3):
             _img(tmp_path / f"id{i}" / f"{j}.png", color=(40 * i + 10 * j, 90, 200 - 30 * j))
@@ -171,10 +166,10 @@ def test_augmented_batches_depend_only_on_seed_and_epoch_also_with_workers(tmp_p
         return list(data.train_loader)
 
     cpu = torch.device("cpu")
-    serial = load_data(_tiny_cfg(tmp_path, "data.workers=0"), cpu)
+    serial = load_data(tiny_config(tmp_path, "seed=5", "data.workers=0"), cpu)
     epoch_0 = epoch_batches(serial, 0)
     after_epoch_0 = epoch_batches(serial, 1)
-    resumed = load_data(_tiny_cfg(tmp_path, "data.workers=2"), cpu)  # a resumed run
+    resumed = load_data(tiny_config(tmp_path, "seed=5", "data.workers=2"), cpu)  # a resumed run
     torch.manual_seed(123)
     fresh = epoch_batches(resumed, 1)
     assert len(fresh) == len(after_epoch_0) == 2 and fresh[0][0].dtype == torch.uint8

@@ -44,3 +44,18 @@ def test_default_epoch_is_one_pass_and_too_few_identities_is_an_error():
     assert len(PKSampler(labels, 4, 2)) == 80 // 8
     with pytest.raises(ValueError, match="at least p=11"):
         PKSampler(labels, 11, 2)
+
+
+def test_an_epoch_resumed_at_a_batch_yields_the_same_remaining_batches_and_seeds():
+    from facetrip.data.sampler import SeededBatchSampler
+
+    labels = _labels([3, 5, 4, 6, 2, 7, 4])
+    full = SeededBatchSampler(PKSampler(labels, 3, 2, batches_per_epoch=9, seed=4), seed=4)
+    full.set_epoch(2)
+    expected = list(full)
+    for start in (0, 1, 5, 9):
+        resumed = SeededBatchSampler(PKSampler(labels, 3, 2, batches_per_epoch=9, seed=4), seed=4)
+        resumed.set_epoch(2, start_batch=start)
+        assert list(resumed) == expected[start:] and len(resumed) == 9
+    with pytest.raises(ValueError, match="start_batch"):
+        resumed.set_epoch(2, start_batch=10)

@@ -13,8 +13,9 @@ from facetrip.config import config_to_dict, load_config
 from facetrip.io import atomic_torch_save as atomic_save
 from facetrip.model import EmbeddingNet, ModelSpec
 
-LFW = Path(os.environ.get("FACETRIP_LFW", Path(__file__).resolve().parents[2] / "shared/data/lfw"))
-pytestmark = pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason=f"no LFW at {LFW}")
+LFW = Path(os.environ.get("FACETRIP_LFW", Path(__file__).resolve().parents[3] / "shared/data/lfw"))
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason=f"no LFW at {LFW}")]
 
 
 def test_official_pairs_all_resolve_and_are_scored(tmp_path):

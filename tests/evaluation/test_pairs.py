@@ -14,7 +14,7 @@ from facetrip.evaluation.pairs import PairList, generate_pairs, read_pairs, reso
 def lfw_dir() -> Path:
     """Real LFW folder: $FACETRIP_LFW, else ../shared/data/lfw beside the repository."""
     env = os.environ.get("FACETRIP_LFW")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/lfw"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared/data/lfw"
 
 
 def real_file(name: str) -> Path:
