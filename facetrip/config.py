@@ -66,6 +66,8 @@ class ModelConfig:
     embedding_dim: int = 128
     head_bn: bool = True  #: BatchNorm1d after the embedding Linear
     pretrained: str | None = None  #: local weights file for the trunk (never downloaded)
+    #: refuse ``pretrained`` weights with missing or unexpected trunk keys (false: load the rest)
+    pretrained_strict: bool = True
 
 
 @dataclass
@@ -75,6 +77,9 @@ class LossConfig:
     mining: Literal["semihard", "semihard_all", "batch_hard", "batch_all", "all"] = "semihard"
     margin: float | None = 0.2  #: ``null`` = soft margin, softplus(d_ap - d_an)
     distance: Literal["euclidean", "squared_euclidean", "cosine"] = "euclidean"
+    #: with several processes: ``global`` mines each rank's anchors against the all-gathered
+    #: global batch (the single-process loss, exactly); ``local`` within each rank's share
+    scope: Literal["global", "local"] = "global"
 
 
 @dataclass
@@ -100,6 +105,13 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_clip: float | None = None  #: max gradient norm; ``None`` = no clipping
     collapse_patience: int = 50  #: steps of near-zero distances before the collapse warning
+    #: also write a checkpoint every this many steps (0 = at epoch ends only)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2  #: newest step checkpoints kept in RUN/checkpoints/ (plus best.pt)
+    #: steps in a row with a non-finite loss or gradient (each skipped) before the run stops
+    max_bad_steps: int = 10
+    #: seconds a collective may wait for the other ranks before the job fails (distributed)
+    dist_timeout: float = 1800.0
 
 
 @dataclass
@@ -221,6 +233,8 @@ def _validate(cfg: Config) -> None:
         (cfg.sampler.p >= 2, "sampler.p must be >= 2 (triplets need two identities)"),
         (cfg.sampler.k >= 2, "sampler.k must be >= 2 (triplets need two images of an identity)"),
         (cfg.data.image_size >= 16, "data.image_size must be >= 16"),
+        (cfg.data.image_size % 8 == 0,
+         "data.image_size must be a multiple of 8 (the ResNet halves it stage by stage)"),
         (0.0 < cfg.data.crop_fraction <= 1.0, "data.crop_fraction must be in (0, 1]"),
         (cfg.data.crop_box is None or _valid_box(cfg.data.crop_box),
          "data.crop_box must be [left, top, right, bottom] fractions with "
@@ -235,6 +249,18 @@ def _validate(cfg: Config) -> None:
          "loss.mining=semihard_all needs a margin (its window is d_ap < d_an < d_ap + margin)"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),
+        (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+        (cfg.train.max_bad_steps >= 0, "train.max_bad_steps must be >= 0"),
+        (cfg.train.dist_timeout > 0, "train.dist_timeout must be > 0"),
+        (cfg.train.grad_clip is None or cfg.train.grad_clip > 0, "train.grad_clip must be > 0"),
+        (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
+        (cfg.optim.min_lr >= 0, "optim.min_lr must be >= 0"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (cfg.sampler.batches_per_epoch is None or cfg.sampler.batches_per_epoch >= 1,
+         "sampler.batches_per_epoch must be >= 1 or null"),
+        (cfg.eval.pairs_per_fold >= 2, "eval.pairs_per_fold must be >= 2"),
+        (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.folds >= 2, "eval.folds must be >= 2"),
     ]
     for ok, message in checks:
@@ -288,14 +314,28 @@ def changed_keys(a: Config, b: Config) -> list[str]:
     ] + (["seed"] if da["seed"] != db["seed"] else [])
 
 
-def resume_config(saved: Config, wanted: Config) -> Config:
-    """The config a resumed run continues with: the saved one, where only ``train.epochs``
-    may differ (grow or shrink). Raises UserError naming every other changed key."""
-    diffs = [k for k in changed_keys(saved, wanted) if k != "train.epochs"]
-    if diffs:
+RESUMABLE_KEYS = ("train.epochs", "train.checkpoint_every", "train.keep_checkpoints",
+                  "train.max_bad_steps", "train.dist_timeout", "data.workers")
+"""Keys a resumed run may change: they do not alter what is computed."""
+
+
+def resume_config(saved: Config, wanted: Config, force: bool = False) -> tuple[Config, list[str]]:
+    """The config a resumed run continues with, and the keys that differ from the saved one.
+
+    Only :data:`RESUMABLE_KEYS` may change (``train.epochs`` grow or shrink); any other change
+    raises UserError naming the keys, unless ``force``, which takes ``wanted`` as it is (the
+    run then continues with another config, no longer the one it started with).
+    """
+    diffs = changed_keys(saved, wanted)
+    fixed = [k for k in diffs if k not in RESUMABLE_KEYS]
+    if fixed and not force:
         raise UserError(
-            "cannot resume with a different config (changed: " + ", ".join(diffs) + "); "
-            "start a new run with --out instead"
+            "cannot resume with a different config (changed: " + ", ".join(fixed) + "); "
+            "start a new run with --out, or pass --force to continue with the new values"
         )
-    saved.train.epochs = wanted.train.epochs
-    return saved
+    if force:
+        return wanted, diffs
+    for key in diffs:
+        section, name = key.split(".")
+        setattr(getattr(saved, section), name, getattr(getattr(wanted, section), name))
+    return saved, diffs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,6 +74,26 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_link(source: str | Path, path: str | Path) -> Path:
+    """Make ``path`` name the same file as ``source`` (a hard link, replacing ``path``
+    atomically); where hard links are impossible, an atomic copy. Returns ``path``."""
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # file system without hard links (or across devices)
+        with open(source, "rb") as src:
+            return atomic_write(path, lambda f: shutil.copyfileobj(src, f))
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
 
 
 @contextlib.contextmanager

@@ -86,10 +86,21 @@ class SeededBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     The seed travels with the indices to whichever DataLoader worker builds the batch, so
     augmentation depends only on ``(seed, epoch, batch)``, also with workers and on resume.
     ``set_epoch`` is forwarded to ``batch_sampler``.
+
+    Distributed training: with ``world_size`` ranks, rank ``rank`` gets its share of each
+    global PK batch, ``p / world_size`` whole identities (the batch is identity-major, so a
+    contiguous slice): no identity is on two ranks in a step, and the union over the ranks is
+    the single-process batch. Each rank's share is augmented with its own seed
+    ``batch_seed(seed, epoch, batch, rank)``.
     """
 
-    def __init__(self, batch_sampler: PKSampler, seed: int = 0) -> None:
+    def __init__(self, batch_sampler: PKSampler, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if not 0 <= rank < world_size or batch_sampler.p % world_size:
+            raise ValueError(f"sampler.p={batch_sampler.p} identities per batch cannot be split "
+                             f"evenly over {world_size} ranks (rank {rank})")
         self.batch_sampler, self.seed, self.epoch = batch_sampler, seed, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch = epoch
@@ -99,6 +110,10 @@ class SeededBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        share = self.batch_sampler.p // self.world_size * self.batch_sampler.k
         for b, batch in enumerate(self.batch_sampler, start=self.batch_sampler.start_batch):
-            seed = batch_seed(self.seed, self.epoch, b)
-            yield [(i, seed) for i in batch]
+            if self.world_size == 1:
+                yield [(i, batch_seed(self.seed, self.epoch, b)) for i in batch]
+                continue
+            seed = batch_seed(self.seed, self.epoch, b, self.rank)
+            yield [(i, seed) for i in batch[self.rank * share : (self.rank + 1) * share]]

@@ -88,6 +88,14 @@ def _parse_header(tokens: list[str], path: Path, line_no: int) -> tuple[int, int
     return (1, numbers[0]) if len(numbers) == 1 else (numbers[0], numbers[1])
 
 
+def _check_name(name: str, path: Path, line_no: int) -> None:
+    """An identity name must be one folder inside the data root: no separator, no ``..``."""
+    if (name in (".", "..") or "/" in name or "\\" in name or PurePosixPath(name).is_absolute()
+            or (len(name) > 1 and name[1] == ":")):
+        raise ValueError(f"{path}:{line_no}: identity {name!r} is not a folder name inside the "
+                         "data root (no '/', '\\', '..' or absolute paths)")
+
+
 def _parse_pair(tokens: list[str], want_same: bool, path: Path, line_no: int) -> tuple[str, str]:
     """``(path1, path2)`` from ``name i j`` (same) or ``name1 i name2 j`` (different)."""
     kind, n_fields = ("same", 3) if want_same else ("different", 4)
@@ -96,6 +104,8 @@ def _parse_pair(tokens: list[str], want_same: bool, path: Path, line_no: int) ->
             f"{path}:{line_no}: expected a {kind} pair ({n_fields} fields), "
             f"got {len(tokens)} fields: {' '.join(tokens)!r}"
         )
+    for name in tokens[:: 3 if want_same else 2]:
+        _check_name(name, path, line_no)
     if want_same:
         name, i, j = tokens
         return (
@@ -126,7 +136,8 @@ def read_pairs(path: str | Path) -> PairList:
 
     Raises:
         ValueError: naming the file and line for a malformed header or pair line, a pair of
-            the wrong kind for its position, or too few / too many pair lines.
+            the wrong kind for its position, too few / too many pair lines, an identity name
+            that is not a plain folder name (``../x``, ``/abs``), or a repeated pair.
     """
     path = Path(path)
     lines = [
@@ -146,8 +157,14 @@ def read_pairs(path: str | Path) -> PairList:
             f"found {len(body)} pair lines"
         )
     path1, path2 = [], []
+    seen: dict[tuple[str, str], int] = {}
     for position, (line_no, tokens) in enumerate(body):
         p1, p2 = _parse_pair(tokens, position % (2 * n) < n, path, line_no)
+        key = (min(p1, p2), max(p1, p2))
+        if key in seen:
+            raise ValueError(f"{path}:{line_no}: the pair {p1} / {p2} repeats line "
+                             f"{seen[key]} (a repeated pair would be scored twice)")
+        seen[key] = line_no
         path1.append(p1)
         path2.append(p2)
     position = np.arange(expected)

@@ -6,8 +6,10 @@ loop, the run directory) receives what these return, never the config itself.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +31,8 @@ from facetrip.errors import UserError
 from facetrip.evaluation.pairs import PairIndexList, generate_pairs
 from facetrip.loss import TripletLoss
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,9 +78,14 @@ def resolve_workers(workers: int | None) -> int:
 
 
 
-def load_data(cfg: Config, device: torch.device) -> TrainData:
+def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int = 1
+              ) -> TrainData:
     """Scan ``cfg.data.root`` (or open/build the decoded cache), split identities, build the PK
     training and validation loaders.
+
+    With ``world_size`` ranks, the training loader yields rank ``rank``'s share of every
+    global PK batch (``sampler.p / world_size`` identities) and only rank 0 gets a
+    validation loader.
 
     Raises:
         UserError: no data, too few identities, or (with ``data.strict``) any skipped file.
@@ -121,12 +130,24 @@ def load_data(cfg: Config, device: torch.device) -> TrainData:
             f"{d.root}: only {len(kept.classes)} training identities have at least "
             f"{min_images} images; sampler.p={cfg.sampler.p} needs at least that many"
         )
+    if cfg.sampler.p * cfg.sampler.k > len(kept):
+        raise UserError(
+            f"sampler.p x sampler.k = {cfg.sampler.p * cfg.sampler.k} images per batch, but the "
+            f"training split has only {len(kept)} usable images; lower sampler.p or sampler.k"
+        )
+    if cfg.sampler.p % world_size:
+        raise UserError(f"sampler.p={cfg.sampler.p} (identities per global batch) must be a "
+                        f"multiple of the {world_size} processes")
     sampler = SeededBatchSampler(PKSampler(kept.labels, cfg.sampler.p, cfg.sampler.k,
                                            cfg.sampler.batches_per_epoch, seed=cfg.seed),
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, rank=rank, world_size=world_size)
     workers = resolve_workers(d.workers)
+    # The loaders draw their worker seeds from their own generator, never from torch's global
+    # one, so a resumed run's global random state is exactly the interrupted run's.
+    generator = torch.Generator().manual_seed(cfg.seed)
     common = dict(num_workers=workers, pin_memory=device.type == "cuda",
-                  persistent_workers=workers > 0)
+                  persistent_workers=workers > 0, generator=generator,
+                  worker_init_fn=_worker_ignores_interrupts if workers else None)
 
     def dataset(index: ImageFolderIndex) -> torch.utils.data.Dataset:
         return CachedFaceDataset(index, cache) if cache else FaceDataset(index, preprocess)
@@ -136,7 +157,7 @@ def load_data(cfg: Config, device: torch.device) -> TrainData:
         collate_fn=AugmentCollate(BatchAugment(d.mean) if d.augment else None), **common,
     )
     val_loader = None
-    if val_idx is not None:
+    if val_idx is not None and rank == 0:
         val_loader = torch.utils.data.DataLoader(dataset(val_idx),
                                                  batch_size=cfg.eval.batch_size, **common)
     return TrainData(
@@ -145,6 +166,12 @@ def load_data(cfg: Config, device: torch.device) -> TrainData:
         excluded=excluded, cache_note=cache_note,
     )
 
+
+
+def _worker_ignores_interrupts(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: workers leave it to the training process,
+    which finishes its step and writes a checkpoint before the loader is shut down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -159,11 +186,29 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_model(cfg: Config) -> EmbeddingNet:
-    """The embedding network of ``cfg.model``, with local trunk weights when configured."""
+    """The embedding network of ``cfg.model``, with local trunk weights when configured.
+
+    Raises:
+        UserError: the weights file leaves trunk keys missing or holds unexpected ones, and
+            ``model.pretrained_strict`` is on (the default).
+    """
     m = cfg.model
     model = EmbeddingNet(ModelSpec(m.arch, m.stem, m.embedding_dim, m.head_bn))
     if m.pretrained:
-        load_trunk_weights(model, m.pretrained)
+        missing, unexpected = load_trunk_weights(model, m.pretrained)
+        if (missing or unexpected) and m.pretrained_strict:
+            def some(keys: list[str]) -> str:
+                return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+            parts = ([f"{len(missing)} trunk keys missing ({some(missing)})"] if missing else [])
+            parts += ([f"{len(unexpected)} unexpected ({some(unexpected)})"] if unexpected
+                      else [])
+            raise UserError(f"{m.pretrained} does not fit a {m.arch} trunk: "
+                            + "; ".join(parts) + " (set model.pretrained_strict=false to load "
+                            "the keys that fit)")
+        if missing or unexpected:
+            log.warning("%s: loaded with %d trunk keys missing and %d unexpected",
+                        m.pretrained, len(missing), len(unexpected))
     return model
 
 

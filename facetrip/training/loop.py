@@ -29,7 +29,7 @@ class StepLog:
     step: int  #: global step, counted from 1
     batch: int  #: batch index within the epoch, from 0
     batches: int  #: batches in this epoch
-    loss: float
+    loss: float | None  #: None for a skipped step (non-finite loss or gradient)
     lr: float
     images_per_s: float
     stats: dict[str, float]  #: mining diagnostics from the loss
@@ -76,6 +76,19 @@ class StepOptions:
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
+class TrainingDiverged(Exception):
+    """More than ``max_bad_steps`` steps in a row had a non-finite loss or gradient."""
+
+
+def _finite_gradients(parameters: Iterable[torch.Tensor]) -> bool:
+    """True when every gradient is finite (one fused norm over all of them)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads)
+    return bool(torch.isfinite(torch.stack(norms)).all())
+
+
 def train_one_epoch(
     state: TrainState,
     loss_fn: nn.Module,
@@ -83,17 +96,25 @@ def train_one_epoch(
     options: StepOptions,
     collapse: CollapseDetector | None = None,
     on_step: Callable[[StepLog], None] | None = None,
-) -> None:
+    should_stop: Callable[[], bool] | None = None,
+    max_bad_steps: int | None = None,
+) -> bool:
     """Train ``state`` on the rest of epoch ``state.epoch``: one step per batch of ``loader``.
 
     ``loader`` yields the epoch's PK batches ``(images (B, 3, H, W), labels (B,))`` from batch
     ``state.batch`` on (a resumed epoch's loader starts there); ``len(loader)`` is the
     epoch's whole length. ``loss_fn(embeddings, labels)`` returns ``(loss, stats)``. With an
-    fp16 ``state.scaler`` the loss is scaled. Each step advances ``state.batch`` and
-    ``state.step``; the caller closes the epoch.
+    fp16 ``state.scaler`` the loss is scaled (and the scaler skips steps whose scaled
+    gradients overflow, as it always does).
+
+    A step whose loss or (unscaled) gradient is not finite is skipped *before* the update: no
+    parameter or optimiser state changes, the schedule still advances, and its row says
+    ``skipped``. Each step advances ``state.batch`` and ``state.step``. ``should_stop()`` is
+    asked after every step; when it is true the epoch ends early. Returns True when the
+    epoch was finished, False when it was stopped.
 
     Raises:
-        FloatingPointError: the loss is not finite.
+        TrainingDiverged: more than ``max_bad_steps`` skipped steps in a row (``None``: never).
     """
     model, optimizer, scaler = state.model, state.optimizer, state.scaler
     device, dtype = options.device, options.autocast_dtype
@@ -111,37 +132,51 @@ def train_one_epoch(
             embeddings = model(images)
         loss, stats = loss_fn(embeddings.float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if options.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        loss_value = float(loss.detach())
+        finite = math.isfinite(loss_value)
+        if finite:
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            # with a scaler, overflowing fp16 gradients are the scaler's to skip and re-scale
+            finite = scaler is not None or _finite_gradients(model.parameters())
         lr = optimizer.param_groups[0]["lr"]
+        if finite:
+            if options.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            state.bad_steps = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            state.bad_steps += 1
+            state.skipped_steps += 1
         state.scheduler.step()
         batch = state.batch
         state.batch += 1
         state.step += 1
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"loss became {loss_value} at step {state.step}; lower optim.lr or set "
-                "train.grad_clip"
-            )
-        if collapse is not None and collapse.update(stats):
+        if collapse is not None and finite and collapse.update(stats):
             log.warning(COLLAPSE_MESSAGE.format(n=collapse.patience))
         toc = time.perf_counter()
         ips = len(labels) / max(toc - tic, 1e-9)
         tic = toc
         if on_step is not None:
-            on_step(StepLog(state.epoch, state.step, batch, batches, loss_value, lr, ips,
-                            dict(stats), len(labels)))
+            row_stats = dict(stats) if finite else {"skipped": 1.0}
+            on_step(StepLog(state.epoch, state.step, batch, batches,
+                            loss_value if finite else None, lr, ips, row_stats, len(labels)))
+        if max_bad_steps is not None and state.bad_steps > max_bad_steps:
+            raise TrainingDiverged(
+                f"the loss or its gradient was not finite in {state.bad_steps} steps in a row "
+                f"(last at step {state.step}); lower optim.lr or set train.grad_clip"
+            )
+        if should_stop is not None and should_stop():
+            return state.batch >= batches
+    return True
 
 
 def validate(

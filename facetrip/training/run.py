@@ -5,7 +5,8 @@
     RUN/config.yaml     the resolved config
     RUN/metrics.jsonl   one JSON object per line: ``type: step`` rows (loss, lr, images/s,
                         mining statistics) and ``type: epoch`` rows (validation metrics)
-    RUN/last.pt         checkpoint to resume from;  RUN/best.pt  best validation accuracy
+    RUN/checkpoints/    step-<step>.pt, the newest train.keep_checkpoints checkpoints
+    RUN/last.pt         the newest of them (a hard link);  RUN/best.pt  best validation accuracy
     RUN/skipped.txt     files and identities the run did not use (only when there are some)
 
 :class:`MetricsLog` writes ``metrics.jsonl`` and :func:`read_metrics` reads it back (the report
@@ -45,6 +46,10 @@ class RunDir:
         return self.root / "last.pt"
 
     @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
     def best(self) -> Path:
         return self.root / "best.pt"
 
@@ -53,43 +58,106 @@ class RunDir:
         return self.root / "skipped.txt"
 
     def holds_run(self) -> bool:
-        """True when a run has already written a checkpoint here."""
-        return self.last.exists()
+        """True when a run has already written something here."""
+        return any(p.exists() for p in (self.last, self.checkpoints, self.metrics, self.best))
+
+    def clear(self) -> None:
+        """Remove what a run wrote here (``--overwrite``); other files are left alone."""
+        for path in (self.last, self.best, self.metrics, self.config, self.skipped):
+            path.unlink(missing_ok=True)
+        for path in self.checkpoints.glob("step-*.pt"):
+            path.unlink()
 
 
 class MetricsLog:
     """Appends rows to ``metrics.jsonl``; use as a context manager.
 
     Step rows are ``{"type": "step", "epoch", "step", "loss", "lr", "images_per_s", **stats}``;
-    epoch rows ``{"type": "epoch", "epoch", "step", "val", "replaced_images"}``. Every row is
-    flushed at an epoch end.
+    epoch rows ``{"type": "epoch", "epoch", "step", "val", "replaced_images", "skipped_steps"}``
+    (``skipped_steps``: in the run so far).
+    A skipped step (non-finite loss or gradient) has ``loss: null`` and ``skipped: 1``. Rows are
+    flushed at epoch ends and by :meth:`flush` (before a checkpoint is written).
     """
 
-    def __init__(self, path: str | Path, append: bool = False) -> None:
+    def __init__(self, path: str | Path, append: bool = False, enabled: bool = True) -> None:
         self.path = Path(path)
-        self._file: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")
+        self._file: IO[str] | None = None
+        if not enabled:  # another rank's: it writes nothing
+            return
+        torn = append and _ends_mid_line(self.path)
+        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+        if torn:  # a run killed mid-row: the reader skips that line, not the next row too
+            self._file.write("\n")
 
-    def step(self, epoch: int, step: int, loss: float, lr: float, images_per_s: float,
+    def step(self, epoch: int, step: int, loss: float | None, lr: float, images_per_s: float,
              stats: Mapping[str, float]) -> None:
         self._write({"type": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr,
                      "images_per_s": images_per_s, **stats})
 
-    def epoch(self, epoch: int, step: int, val: dict | None, replaced_images: int) -> None:
+    def epoch(self, epoch: int, step: int, val: dict | None, replaced_images: int,
+              skipped_steps: int = 0) -> None:
         self._write({"type": "epoch", "epoch": epoch, "step": step, "val": val,
-                     "replaced_images": replaced_images})
-        self._file.flush()
+                     "replaced_images": replaced_images, "skipped_steps": skipped_steps})
+        self.flush()
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
 
     def _write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row) + "\n")
+        if self._file is not None:
+            self._file.write(json.dumps(row) + "\n")
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> MetricsLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """True when ``path`` exists, is not empty and its last byte is not a newline."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
+def truncate_metrics(path: str | Path, step: int, epochs_done: int) -> int:
+    """Cut ``metrics.jsonl`` back to what a checkpoint at global ``step``, with
+    ``epochs_done`` epochs finished, had seen: the rows before the first step row past
+    ``step`` or epoch row of an unfinished epoch (and no torn line). Rewritten atomically;
+    returns the number of rows removed. A missing file is left missing."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, total = [], 0
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        total += 1
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break  # a torn row: the run died writing it
+        if not isinstance(row, dict):
+            break
+        if (row.get("type") == "step" and row.get("step", 0) > step) or (
+                row.get("type") == "epoch" and row.get("epoch", 0) >= epochs_done):
+            break
+        kept.append(line)
+    if len(kept) < total:
+        atomic_write(path, "".join(line + "\n" for line in kept))
+    return total - len(kept)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from facetrip.model import EmbeddingNet
 
@@ -18,7 +19,7 @@ from facetrip.model import EmbeddingNet
 class TrainState:
     """The model, its optimiser, schedule and loss scaler, and the run's position."""
 
-    model: EmbeddingNet
+    model: nn.Module  #: the network, or the DistributedDataParallel wrapping it
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None = None  #: fp16 only
@@ -27,11 +28,18 @@ class TrainState:
     step: int = 0  #: optimiser steps so far, in all epochs
     best_accuracy: float | None = None  #: best validation accuracy so far
     best_epoch: int | None = None  #: the epoch (0-based) that reached it
+    bad_steps: int = 0  #: steps in a row skipped for a non-finite loss or gradient
+    skipped_steps: int = 0  #: steps skipped so far in the run, for any reason above
+
+    @property
+    def net(self) -> EmbeddingNet:
+        """The network itself (``model`` may be wrapped in DistributedDataParallel)."""
+        return getattr(self.model, "module", self.model)
 
     def state_dict(self) -> dict:
         """Plain tensors and numbers (``torch.load(weights_only=True)`` reads them back)."""
         state = {
-            "model": self.model.state_dict(),
+            "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -39,6 +47,8 @@ class TrainState:
             "step": self.step,
             "best_accuracy": self.best_accuracy,
             "best_epoch": self.best_epoch,
+            "bad_steps": self.bad_steps,
+            "skipped_steps": self.skipped_steps,
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
@@ -50,10 +60,12 @@ class TrainState:
         Call it after the scheduler was built: building one resets the learning rate, loading
         the optimiser restores it.
         """
-        self.model.load_state_dict(state["model"])
+        self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step = state["epoch"], state.get("batch", 0), state["step"]
         self.best_accuracy, self.best_epoch = state.get("best_accuracy"), state.get("best_epoch")
+        self.bad_steps = state.get("bad_steps", 0)
+        self.skipped_steps = state.get("skipped_steps", 0)

@@ -1,0 +1,53 @@
+"""The training workflow: the run directory it keeps, what it refuses, what resume may change."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facetrip.config import changed_keys, load_config, resume_config
+from facetrip.errors import UserError
+from facetrip.training.checkpoint import load_checkpoint
+from facetrip.training.run import read_metrics
+from facetrip.training.train import train
+
+
+@pytest.fixture
+def faces(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        for j in range(3):
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            path = tmp_path / "data" / f"id{i}" / f"{j}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+    return tmp_path / "data"
+
+
+def test_a_run_writes_its_directory_and_refuses_to_overwrite_it(faces, tmp_path, tiny_config):
+    cfg = tiny_config(faces, "sampler.batches_per_epoch=2", "train.epochs=2", "data.workers=0")
+    result = train(cfg, tmp_path / "run")
+    assert result.steps == 4 and result.best_accuracy is None  # no validation split
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in log.steps] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in log.epochs] == [0, 1]
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (last["epoch"], last["batch"], last["step"]) == (2, 0, 4)
+    assert "optimizer" not in load_checkpoint(tmp_path / "run" / "best.pt")
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        train(cfg, tmp_path / "run")
+    again = train(cfg, tmp_path / "run", overwrite=True)
+    assert again.steps == 4 and len(read_metrics(tmp_path / "run" / "metrics.jsonl").steps) == 4
+
+
+def test_resume_keeps_the_saved_config_and_names_every_changed_key(tiny_config, tmp_path):
+    saved = tiny_config(tmp_path)
+    longer = tiny_config(tmp_path, "train.epochs=5")
+    resumed, changed = resume_config(saved, longer)
+    assert resumed.train.epochs == 5 and changed == ["train.epochs"]
+    other = tiny_config(tmp_path, "optim.lr=0.5", "seed=3", "train.epochs=5")
+    assert changed_keys(tiny_config(tmp_path), other) == ["optim.lr", "train.epochs", "seed"]
+    with pytest.raises(UserError, match=r"changed: optim.lr, seed\);.*--force"):
+        resume_config(tiny_config(tmp_path), other)
+    forced, changed = resume_config(tiny_config(tmp_path), other, force=True)
+    assert forced.optim.lr == 0.5 and changed == ["optim.lr", "train.epochs", "seed"]
