@@ -17,6 +17,7 @@ from facetrip.loss.triplet import (
     triplet_loss,
     triplet_loss_with_stats,
 )
+from tests.loss.references import loop_triplets as loop_references
 
 MARGINS = [0.2, 0.5, None]
 
@@ -31,43 +32,9 @@ def options() -> list[tuple[str, float | None]]:
 def loop_triplets(
     dist: list[list[float]], lab: list[int], mining_mode: str, margin: float | None
 ) -> tuple[list[tuple[int, int, int]], int]:
-    """The triplets a mode averages over, and how many candidates it considered."""
-    m = 0.0 if margin is None else margin
-    chosen, candidates = [], 0
-    for a in range(len(lab)):
-        pos = [p for p in range(len(lab)) if p != a and lab[p] == lab[a]]
-        neg = [n for n in range(len(lab)) if lab[n] != lab[a]]
-        if not pos or not neg:
-            continue
-        if mining_mode == "batch_hard":
-            p = max(pos, key=lambda j: (dist[a][j], -j))
-            chosen.append((a, p, min(neg, key=lambda j: (dist[a][j], j))))
-            candidates += 1
-            continue
-        for p in pos:
-            if mining_mode == "semihard":
-                far = [n for n in neg if dist[a][n] > dist[a][p]]
-                n = (
-                    min(far, key=lambda j: (dist[a][j], j))
-                    if far
-                    else max(neg, key=lambda j: (dist[a][j], -j))
-                )
-                chosen.append((a, p, n))
-                candidates += 1
-                continue
-            for n in neg:
-                d_ap, d_an = dist[a][p], dist[a][n]
-                positive_hinge = margin is None or d_ap > d_an - m
-                in_window = d_an - m < d_ap < d_an
-                if mining_mode == "semihard_all":
-                    candidates += in_window
-                    if in_window:
-                        chosen.append((a, p, n))
-                else:
-                    candidates += 1
-                    if mining_mode == "all" or positive_hinge:
-                        chosen.append((a, p, n))
-    return chosen, candidates
+    """The triplets a mode averages over in the batch itself, and how many candidates it
+    considered: the reference-set loop with the batch as references."""
+    return loop_references(dist, lab, lab, list(range(len(lab))), mining_mode, margin)
 
 
 def reference(
