@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 DEMO   := runs/demo
 
-.PHONY: install demo test lint bench bench-mining bench-eval bench-data clean
+.PHONY: install demo test lint bench bench-mining bench-eval bench-data bench-distributed bench-gpu soak clean
 
 install: $(STAMP)
 
@@ -45,6 +45,19 @@ bench-eval: install
 # torchvision ImageFolder loader (LFW from ../shared/data/lfw, else a synthetic set; ~15 min on 2 CPUs).
 bench-data: install
 	$(BIN)/python scripts/bench_data.py --out bench_results/data.json
+
+# images/s of 1 vs 2 training processes (gloo) on one global batch, share of the all_gather
+bench-distributed: install
+	$(BIN)/python scripts/bench_distributed.py --out bench_results/distributed.json
+
+# CUDA only: facetrip train (ResNet-50, 112 px, bf16, batch 512, decoded cache) vs the model
+# alone on an in-memory batch; synthesises its data set first (~2-5 min; --smoke runs on CPU)
+bench-gpu: install
+	$(BIN)/python scripts/bench_gpu_train.py --out bench_results/gpu_train.json
+
+# kill -9 a short synthetic run at 20 random points, resume each, check bit-identity (~5 min)
+soak: install
+	$(BIN)/python scripts/soak_resume.py --kills 20 --out bench_results/soak.json
 
 clean:
 	rm -rf $(VENV) runs bench_results .pytest_cache .ruff_cache *.egg-info
