@@ -140,6 +140,10 @@ class Checkpoints:
         """The step checkpoints, newest first."""
         return sorted(self.dir.glob("step-*.pt"), reverse=True)
 
+    def exist(self) -> bool:
+        """True when there is any checkpoint to resume from (readable or not)."""
+        return bool(self.saved()) or self.last.exists()
+
     def save(self, ckpt: dict) -> Path:
         """Write ``ckpt`` as the newest checkpoint, point ``last.pt`` at it, drop the oldest
         beyond ``keep``. Raises UserError when it cannot be written."""
@@ -156,7 +160,7 @@ class Checkpoints:
         Raises:
             UserError: there is no readable checkpoint.
         """
-        candidates = self.saved() or ([self.last] if self.last.exists() else [])
+        candidates = self.saved() or [self.last]
         notes: list[str] = []
         for path in candidates:
             try:
@@ -167,6 +171,4 @@ class Checkpoints:
             for note in notes:
                 log.warning("%s; resuming from the previous checkpoint %s", note, path)
             return ckpt, path, notes
-        if not notes:
-            raise UserError(f"nothing to resume in {self.root}: no checkpoint found")
         raise UserError(f"no readable checkpoint in {self.root}: " + "; ".join(notes))

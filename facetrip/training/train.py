@@ -9,6 +9,7 @@ augmentation and random state, so the result is the uninterrupted run's, bit for
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +41,8 @@ from facetrip.training.distributed import DistContext, GlobalTripletLoss
 from facetrip.training.loop import CollapseDetector, StepLog, StepOptions, train_one_epoch, validate
 from facetrip.training.run import MetricsLog, RunDir, truncate_metrics, write_skip_report
 from facetrip.training.state import TrainState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,6 +88,14 @@ def _open_run(cfg: Config, run: RunDir, resume: bool, overwrite: bool, force: bo
               writer: bool) -> tuple[Config, dict | None, ResumeInfo | None]:
     """Check the run directory; for a resume, load the newest checkpoint and its config.
     Only the ``writer`` (rank 0) clears a directory for ``overwrite``."""
+    if resume and not Checkpoints(run.root).exist():
+        # killed before its first checkpoint (or never started): nothing is lost by starting
+        # over, and a job script can always pass --resume
+        log.warning("nothing to resume in %s (no checkpoint yet): starting from the first "
+                    "step", run.root)
+        if writer:
+            run.clear()
+        return cfg, None, None
     if resume:
         ckpt, path, skipped = Checkpoints(run.root).load_newest()
         try:

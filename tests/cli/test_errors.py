@@ -71,9 +71,10 @@ def test_a_run_directory_with_a_run_is_refused_unless_resume_or_overwrite(monkey
     code, err = run_main(monkeypatch, capfd, "train", *sets, "--out", out, "--resume",
                          "--overwrite")
     _one_line(code, err, "--resume and --overwrite exclude each other")
-    code, err = run_main(monkeypatch, capfd, "train", *sets, "--out", tmp_path / "none",
-                         "--resume")
-    _one_line(code, err, "nothing to resume")
+    code, err = run_main(monkeypatch, capfd, "train", *sets, "--out", tmp_path / "new",
+                         "--resume")  # killed before its first checkpoint: starts over
+    assert code == 0 and "nothing to resume" in err and "starting from the first step" in err
+    assert (tmp_path / "new" / "last.pt").is_file()
 
 
 @pytest.mark.parametrize("line, message", [
