@@ -28,6 +28,8 @@ class DataConfig:
     """Where the images are and how they become tensors."""
 
     root: str = ""  #: identity-folder dataset: ``root/<identity>/<image>``
+    #: train (and validate) on these identities only: one name per line, or LFW people*.txt
+    identities_file: str | None = None
     val_fraction: float = 0.1  #: fraction of identities held out for validation
     min_images_per_identity: int = 2  #: identities with fewer images are dropped from training
     image_size: int = 64  #: model input is ``image_size x image_size``

@@ -90,6 +90,13 @@ def train(
         )
         if data.cache_note:
             typer.echo(data.cache_note)
+        if data.val_note:
+            typer.echo(f"note: {data.val_note}", err=True)
+        if len(data.sampler) < 20:
+            typer.echo(f"note: an epoch is only {len(data.sampler)} steps of "
+                       f"{cfg.sampler.p} x {cfg.sampler.k} images; consider "
+                       "--set sampler.batches_per_epoch=N (validation and checkpoints "
+                       "follow epochs)", err=True)
         if data.skip_summary:
             typer.echo(f"warning: {data.skip_summary}", err=True)
 

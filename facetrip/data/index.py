@@ -212,3 +212,45 @@ def filter_min_images(index: ImageFolderIndex, min_images: int) -> ImageFolderIn
     """Drop identities with fewer than ``min_images`` images."""
     keep = np.flatnonzero(index.images_per_class() >= min_images)
     return index if len(keep) == len(index.classes) else index.select_classes(keep)
+
+
+def read_identity_list(path: str | Path) -> list[str]:
+    """Identity names from ``path``: one per line, or LFW's ``people*.txt`` format (a count
+    line, then ``name count`` lines, in one or several sets). Blank lines are ignored.
+
+    Raises:
+        UserError: the file is missing or lists no identity.
+    """
+    path = Path(path)
+    try:
+        lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+    except OSError as exc:
+        raise UserError(f"cannot read identity list {path}: {exc.strerror or exc}") from None
+    lines = [tokens for tokens in lines if tokens]
+    people = bool(lines) and len(lines[0]) == 1 and lines[0][0].isdigit() and all(
+        len(tokens) == 1 and tokens[0].isdigit() or (len(tokens) == 2 and tokens[1].isdigit())
+        for tokens in lines)
+    if people:  # LFW: count lines (one token, a number) and "name count" lines
+        names = [tokens[0] for tokens in lines if len(tokens) == 2]
+    else:
+        names = [" ".join(tokens) for tokens in lines]
+    if not names:
+        raise UserError(f"identity list {path} names no identity")
+    return list(dict.fromkeys(names))
+
+
+def restrict_identities(index: ImageFolderIndex, names: list[str], source: str
+                        ) -> ImageFolderIndex:
+    """The identities of ``index`` named in ``names`` (an identity list from ``source``).
+
+    Raises:
+        UserError: a name is not an identity folder of the dataset (the first few are named).
+    """
+    position = {name: i for i, name in enumerate(index.classes)}
+    unknown = [name for name in names if name not in position]
+    if unknown:
+        shown = ", ".join(repr(n) for n in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise UserError(f"{source}: {len(unknown)} identities are not folders of "
+                        f"{index.root}: {shown}{more}")
+    return index.select_classes(np.asarray(sorted(position[n] for n in names)))

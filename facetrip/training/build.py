@@ -13,6 +13,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from facetrip.config import Config
@@ -22,6 +23,8 @@ from facetrip.data.decode import display_path
 from facetrip.data.index import (
     ImageFolderIndex,
     filter_min_images,
+    read_identity_list,
+    restrict_identities,
     scan_identity_folder,
     split_identities,
 )
@@ -57,6 +60,7 @@ class TrainData:
     index: ImageFolderIndex  #: the whole scanned dataset (with its skipped files)
     excluded: dict[str, int]  #: identity -> usable images, for identities left out of training
     cache_note: str = ""  #: '' or how the decoded cache was used / why it was (re)built
+    val_note: str = ""  #: '' or what validation pairs were drawn instead of the request
 
 
 
@@ -106,19 +110,16 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
         first = full.skipped[0]
         raise UserError(f"data.strict: {full.skip_summary()} (first: "
                         f"{display_path(first.path)}: {first.reason})")
+    if d.identities_file:
+        full = restrict_identities(full, read_identity_list(d.identities_file),
+                                   f"data.identities_file={d.identities_file}")
     train_idx, val_idx = split_identities(full, d.val_fraction, cfg.seed)
-    val_pairs = None
-    if val_idx is not None:  # drawn before any slow work, so a bad setting fails at once
-        try:
-            val_pairs = generate_pairs(val_idx.labels, cfg.eval.folds, cfg.eval.pairs_per_fold,
-                                       cfg.seed)
-        except ValueError as exc:
-            raise UserError(
-                f"cannot draw {cfg.eval.folds} x {cfg.eval.pairs_per_fold} validation pairs "
-                f"from the {len(val_idx.classes)} held-out identities (data.val_fraction="
-                f"{d.val_fraction}): {exc} (config keys: eval.pairs_per_fold, eval.folds, "
-                "data.val_fraction)"
-            ) from None
+    val_pairs, val_note = None, ""
+    if val_idx is not None:  # drawn before training, so a bad setting fails at once
+        val_pairs, val_note = draw_validation_pairs(val_idx.labels, cfg.eval.folds,
+                                                    cfg.eval.pairs_per_fold, cfg.seed)
+        if val_pairs is None:
+            val_idx = None
     min_images = max(2, d.min_images_per_identity)
     kept = filter_min_images(train_idx, min_images)
     counts = train_idx.images_per_class()
@@ -163,7 +164,7 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
     return TrainData(
         train_loader, sampler, val_loader, val_idx, val_pairs, len(kept), len(kept.classes),
         len(excluded), full.skip_summary(), normalize=Normalize(d.mean, d.std), index=full,
-        excluded=excluded, cache_note=cache_note,
+        excluded=excluded, cache_note=cache_note, val_note=val_note,
     )
 
 
@@ -172,6 +173,41 @@ def _worker_ignores_interrupts(worker_id: int) -> None:
     """Ctrl-C reaches the whole process group: workers leave it to the training process,
     which finishes its step and writes a checkpoint before the loader is shut down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def draw_validation_pairs(
+    labels: np.ndarray, folds: int, pairs_per_fold: int, seed: int
+) -> tuple[PairIndexList | None, str]:
+    """``folds x pairs_per_fold`` validation pairs of the held-out identities ``labels (N,)``,
+    or, when they cannot supply that many, the most they can: fewer pairs per fold first,
+    then fewer folds (at least 2 folds of 2 pairs). Returns ``(pairs or None, note)``; the
+    note says what was drawn instead of the request ('' when it was met), or why there is no
+    validation at all."""
+    def attempt(n_folds: int, per_fold: int) -> PairIndexList | None:
+        try:
+            return generate_pairs(labels, n_folds=n_folds, pairs_per_fold=per_fold, seed=seed)
+        except ValueError:
+            return None
+
+    pairs = attempt(folds, pairs_per_fold)
+    if pairs is not None:
+        return pairs, ""
+    for n_folds in range(folds, 1, -1):
+        lo, hi, best = 1, pairs_per_fold // 2, None  # same pairs per fold; feasible below a bound
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            found = attempt(n_folds, 2 * mid)
+            if found is not None:
+                lo, best = mid + 1, found
+            else:
+                hi = mid - 1
+        if best is not None:
+            per = len(best) // n_folds
+            return best, (f"validation: the held-out identities supply {n_folds} folds x {per} "
+                          f"pairs, not the {folds} x {pairs_per_fold} asked for (eval.folds, "
+                          "eval.pairs_per_fold, data.val_fraction)")
+    return None, ("validation: the held-out identities cannot form 2 folds of pairs; training "
+                  "without validation (raise data.val_fraction)")
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:

@@ -136,12 +136,3 @@ def test_empty_dataset_and_non_image_files(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_cli("train", "--set", f"data.root={tmp_path / 'empty'}", ok=False)
     assert proc.returncode == 2 and "no identities found" in proc.stderr
-
-
-def test_impossible_validation_protocol_names_the_config_keys(tiny_run, tmp_path):
-    _, data, _ = tiny_run  # 4 validation identities x 5 images: 10 same pairs per identity
-    sets = _sets(TINY + [f"data.root={data}", "eval.pairs_per_fold=400"])
-    proc = run_cli("train", *sets, "--out", tmp_path / "r", ok=False)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "held-out identities" in proc.stderr and "eval.pairs_per_fold" in proc.stderr
-    assert not (tmp_path / "r" / "last.pt").exists()

@@ -1,0 +1,58 @@
+"""Config -> objects: identity lists, validation pairs sized to what the data can supply."""
+
+import numpy as np
+import pytest
+import torch
+
+from facetrip.errors import UserError
+from facetrip.synth import synthesize
+from facetrip.training.build import draw_validation_pairs, load_data
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces") / "data"
+    synthesize(root, identities=16, images_per_identity=5, size=24, seed=0, workers=1)
+    return root
+
+
+def _balanced(pairs, folds, per_fold):
+    assert len(pairs) == folds * per_fold and np.unique(pairs.fold).size == folds
+    assert pairs.issame.sum() == len(pairs) // 2
+
+
+def test_a_request_the_held_out_identities_cannot_meet_is_sized_down_with_a_note(
+        faces, tiny_config):
+    # 4 held-out identities x 5 images: 2 per fold, 10 same pairs each, 20 per fold at most
+    data = load_data(tiny_config(faces, "data.val_fraction=0.25", "eval.folds=2",
+                                 "eval.pairs_per_fold=400"), CPU)
+    assert data.val_note.startswith("validation: the held-out identities supply 2 folds x 40")
+    _balanced(data.val_pairs, 2, 40)
+    data = load_data(tiny_config(faces, "data.val_fraction=0.25", "eval.folds=10"), CPU)
+    assert "supply 2 folds" in data.val_note and data.val_loader is not None
+    met = load_data(tiny_config(faces, "data.val_fraction=0.25", "eval.folds=2",
+                                "eval.pairs_per_fold=10"), CPU)
+    assert met.val_note == "" and len(met.val_pairs) == 20
+
+
+def test_no_validation_when_not_even_two_folds_can_be_formed():
+    labels = np.array([0, 0, 1, 2])  # one identity with a same pair
+    pairs, note = draw_validation_pairs(labels, 10, 600, seed=0)
+    assert pairs is None and "cannot form 2 folds" in note
+
+
+def test_an_identity_list_restricts_training_before_the_split(faces, tiny_config, tmp_path):
+    names = tmp_path / "people.txt"  # LFW's people format: count line, then name count
+    names.write_text("3\nid_00000\t5\nid_00003\t5\nid_00007\t5\n")
+    data = load_data(tiny_config(faces, f"data.identities_file={names}"), CPU)
+    assert data.index.classes == ["id_00000", "id_00003", "id_00007"]
+    assert data.train_identities == 3
+    plain = tmp_path / "names.txt"
+    plain.write_text("id_00001\n\nid_00002\n")
+    assert load_data(tiny_config(faces, f"data.identities_file={plain}"),
+                     CPU).index.classes == ["id_00001", "id_00002"]
+    plain.write_text("id_00001\nnobody\nghost\n")
+    with pytest.raises(UserError, match=r"2 identities are not folders of .*'nobody', 'ghost'"):
+        load_data(tiny_config(faces, f"data.identities_file={plain}"), CPU)
