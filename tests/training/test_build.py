@@ -56,3 +56,22 @@ def test_an_identity_list_restricts_training_before_the_split(faces, tiny_config
     plain.write_text("id_00001\nnobody\nghost\n")
     with pytest.raises(UserError, match=r"2 identities are not folders of .*'nobody', 'ghost'"):
         load_data(tiny_config(faces, f"data.identities_file={plain}"), CPU)
+
+
+def test_trunk_weights_that_do_not_fit_are_refused_unless_not_strict(tmp_path, tiny_config):
+    import torchvision
+
+    from facetrip.training.build import build_model
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    del state["layer4.1.bn2.weight"]  # a key the trunk needs
+    state["extra.weight"] = torch.zeros(3)  # and one it does not know
+    torch.save(state, tmp_path / "w.pth")
+    strict = tiny_config(tmp_path, f"model.pretrained={tmp_path / 'w.pth'}")
+    with pytest.raises(UserError, match=r"1 trunk keys missing \(layer4.1.bn2.weight\); "
+                                        r"1 unexpected \(extra.weight\).*pretrained_strict"):
+        build_model(strict)
+    lenient = tiny_config(tmp_path, f"model.pretrained={tmp_path / 'w.pth'}",
+                          "model.pretrained_strict=false")
+    model = build_model(lenient)
+    assert torch.equal(model.trunk.conv1.weight, state["conv1.weight"])
