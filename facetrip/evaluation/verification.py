@@ -322,3 +322,51 @@ def verification_metrics(
             for far in fars
         }
     return result
+
+
+def operating_points(
+    distances: Any, issame: Any, fars: Sequence[float] = DEFAULT_FARS
+) -> dict[str, Any]:
+    """The thresholds a deployed model decides with, fitted on all the given pairs.
+
+    The same choices as :func:`verification_metrics` (``threshold`` and ``tar_at_far``), with
+    the thresholds themselves for every target FAR.
+
+    Args:
+        distances: ``(P,)`` pair distances; smaller means more similar.
+        issame: ``(P,)`` bool, True for same-identity pairs.
+        fars: target false-accept rates.
+
+    Returns:
+        ``{"best_accuracy": {"threshold", "accuracy"}, "far": {far: {"threshold", "tar",
+        "far"} or None}}`` (same iff ``d < threshold``): the best-accuracy threshold (the
+        smallest among equally good ones, equal to ``verification_metrics``' ``threshold``)
+        and its accuracy on these pairs; per target, the largest threshold whose FAR on these
+        pairs is ``<= far``, its TAR (``verification_metrics``' ``tar_at_far``) and its FAR.
+        A target is None when there are fewer than ``1 / far`` negative pairs, or only one
+        class. Fitted and scored on the same pairs: in-sample figures.
+    """
+    d, same = _as_pairs(distances, issame)
+    order = np.argsort(d, kind="stable")
+    thresholds, tp, fp = _threshold_sweep(d[order], same[order])
+    n_pos = int(same.sum())
+    n_neg = d.size - n_pos
+    best = _best_accuracy_index(tp, fp, n_neg)
+    points: dict[str, Any] = {
+        "best_accuracy": {
+            "threshold": _finite_threshold(thresholds[best], d),
+            "accuracy": float((tp[best] + n_neg - fp[best]) / d.size),
+        },
+        "far": {float(far): None for far in fars},
+    }
+    if n_pos > 0 and n_neg > 0:
+        for far in fars:
+            if _too_few_negatives(n_neg, far):
+                continue
+            i = _far_index(fp, n_neg, far)
+            points["far"][float(far)] = {
+                "threshold": _finite_threshold(thresholds[i], d),
+                "tar": float(tp[i] / n_pos),
+                "far": float(fp[i] / n_neg),
+            }
+    return points
