@@ -1,2 +1,36 @@
-"""facetrip: triplet-loss face embeddings, end to end."""
+"""facetrip: triplet-loss face embeddings, end to end.
+
+``facetrip.load_model(path)`` rebuilds the network of a safetensors export (or a checkpoint);
+``facetrip.load_embedder(path)`` opens any model file facetrip makes for embedding images.
+Both import torch on first use, not on ``import facetrip``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from facetrip.deploy.embedder import Embedder
+    from facetrip.model import EmbeddingNet
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_embedder", "load_model"]
+
+
+def load_model(path: str | Path, device: Any = "cpu") -> EmbeddingNet:
+    """The :class:`~facetrip.model.EmbeddingNet` (eval mode) of a safetensors export or a
+    checkpoint: ``model(x)`` maps normalised ``(B, 3, S, S)`` images to ``(B, D)`` unit-norm
+    embeddings. See :func:`facetrip.deploy.weights.load_model`."""
+    from facetrip.deploy.weights import load_model as _load_model
+
+    return _load_model(path, device)
+
+
+def load_embedder(path: str | Path, device: Any = "cpu") -> Embedder:
+    """Any model file facetrip makes (checkpoint, TorchScript, ONNX, safetensors), ready to
+    embed image files with its own preprocessing. See
+    :func:`facetrip.deploy.embedder.load_embedder`."""
+    from facetrip.deploy.embedder import load_embedder as _load_embedder
+
+    return _load_embedder(path, device)

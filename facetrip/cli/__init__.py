@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from facetrip.cli import data, deploy, evaluate, train  # noqa: F401  (register the commands)
+from facetrip.cli import data, deploy, evaluate, recognize, train  # noqa: F401  (register the commands)
 from facetrip.cli.app import app, library_logger
 from facetrip.errors import UserError
 

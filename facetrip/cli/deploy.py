@@ -10,48 +10,118 @@ from tqdm import tqdm
 
 from facetrip.cli.app import app
 from facetrip.cli.app import device as _device
+from facetrip.errors import UserError
+
+MODEL_HELP = ("Model: a checkpoint (.pt) from facetrip train, or a file from facetrip export "
+              "(TorchScript .pt, .onnx, .safetensors, with its .json sidecar beside it).")
+FACE_CROPS = ("Inputs are face crops like the training data (the model's own crop, resize and "
+              "normalisation are applied); it does not detect faces.")
 
 
-@app.command()
+def default_workers() -> int:
+    """Decoding worker processes: one per CPU core but one (for the model), 1 to 8."""
+    from facetrip.training.build import resolve_workers
+
+    return resolve_workers(None)
+
+
+@app.command(short_help="Compute embeddings for every image under a folder.",
+             help="Compute embeddings for every image under a folder, with a checkpoint or "
+                  "any exported model. " + FACE_CROPS)
 def embed(
     images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint (.pt) from facetrip train.")],
-    out: Annotated[Path, typer.Option(help="Output .npz (embeddings, paths[, labels]).")],
+    model: Annotated[Path, typer.Option("--model", "--checkpoint", help=MODEL_HELP)],
+    out: Annotated[Path, typer.Option(
+        help="Output .npz (embeddings, paths[, labels, classes]) or .npy (+ OUT.paths.txt).")],
+    format: Annotated[str | None, typer.Option(
+        "--format", help="npz or npy (default: from --out's suffix, else npz).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
-    workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int | None, typer.Option(
+        help="Decoding worker processes (default: CPU cores - 1, 1 to 8; 0 = in-process).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (ONNX: cpu).")] = "auto",
 ) -> None:
-    """Compute embeddings for every image under a folder."""
-    from facetrip.data.transforms import build_transform
     from facetrip.deploy.embed import embed_folder, list_images
-    from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from facetrip.deploy.embedder import load_embedder
 
-    dev = _device(device)
-    model, cfg = model_from_checkpoint(load_checkpoint(checkpoint), dev)
-    d = cfg.data
-    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
-                                crop_box=d.crop_box, grayscale=d.grayscale)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    embedder = load_embedder(model, _device(device))
     paths = list_images(images)
-    with tqdm(total=len(paths), desc="embed", unit="img") as bar:
-        result = embed_folder(model, images, out, transform, dev, batch_size, workers,
-                              progress=bar.update, paths=paths)
+    with tqdm(total=len(paths), desc="embed", unit="img", delay=0.5) as bar:
+        result = embed_folder(embedder, images, out, batch_size,
+                              default_workers() if workers is None else workers,
+                              progress=bar.update, paths=paths, fmt=format)
     if result.skipped:
-        typer.echo(f"warning: skipped {len(result.skipped)} files that cannot be decoded, "
-                   f"e.g. {result.skipped[0].path}", err=True)
-    typer.echo(f"wrote {result.count} embeddings of dimension {result.dim} to {result.out}")
+        typer.echo(f"warning: skipped {len(result.skipped)} files that cannot be used, e.g. "
+                   f"{result.skipped[0].path} ({result.skipped[0].reason}); see "
+                   f"{result.skipped_list}", err=True)
+    extra = f" (paths in {result.paths_file})" if result.paths_file else ""
+    typer.echo(f"wrote {result.count} embeddings of dimension {result.dim} to {result.out}"
+               + extra)
 
 
-@app.command()
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"250x200"`` (width x height) or ``"250"`` -> ``(height, width)``."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise UserError(f"--source-size must be WIDTHxHEIGHT or SIZE, got {text!r}")
+    width, height = (sizes[0], sizes[0]) if len(sizes) == 1 else sizes
+    return height, width
+
+
+@app.command(short_help="Export TorchScript, ONNX or safetensors + a calibrated sidecar.")
 def export(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint (.pt) from facetrip train.")],
-    out: Annotated[Path, typer.Option(help="Output TorchScript file, e.g. model.pt.")],
+    out: Annotated[Path, typer.Option(help="Output model file, e.g. model.pt, model.onnx, "
+                                           "model.safetensors (sidecar: OUT.json).")],
+    format: Annotated[str | None, typer.Option(
+        "--format", help="torchscript, onnx (needs the onnx extra) or safetensors (weights "
+                         "only). Default: from --out's suffix (.onnx, .safetensors), else "
+                         "torchscript.")] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        help="facetrip eval's metrics.json of this checkpoint: thresholds for best accuracy "
+             "and FAR 1e-2/1e-3/1e-4 go into the sidecar. Default: CHECKPOINT_DIR/eval/"
+             "metrics.json when it evaluates this checkpoint.")] = None,
+    input: Annotated[str, typer.Option(
+        "--input", help="ONNX input: uint8 (RGB images at --source-size; the graph does the "
+                        "whole preprocessing) or float (normalised S x S).")] = "uint8",
+    source_size: Annotated[str | None, typer.Option(
+        help="ONNX uint8 input size WIDTHxHEIGHT (default: the run's most common image "
+             "size, else the model input size).")] = None,
+    device: Annotated[str, typer.Option(help="Where calibration embeds: auto, cpu, cuda.")
+    ] = "auto",
 ) -> None:
-    """Export a TorchScript model (+ JSON sidecar) that runs without facetrip."""
-    from facetrip.data.transforms import preprocess_from_config
-    from facetrip.deploy.export import export_torchscript
-    from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
+    """Export a model that runs without facetrip's training code, plus its JSON sidecar.
 
-    model, cfg = model_from_checkpoint(load_checkpoint(checkpoint))
-    path, sidecar = export_torchscript(model, out, preprocess_from_config(cfg.data), cfg.data.mean,
-                                       cfg.data.std, extra={"checkpoint": str(checkpoint)})
-    typer.echo(f"wrote {path} and {sidecar}")
+    TorchScript: model(x) on normalised input, model.preprocess / model.embed on uint8
+    images of any size. ONNX: a dynamic batch axis, uint8 or float input. safetensors: the
+    weights, for facetrip.load_model(path). Every export is checked against the checkpoint
+    on a batch of images (max |difference| <= 1e-4) before anything is written.
+    """
+    from facetrip.deploy.export import export_model
+
+    if format is None:
+        format = {".onnx": "onnx", ".safetensors": "safetensors"}.get(out.suffix, "torchscript")
+    with tqdm(desc="calibrate", unit="img", delay=0.5) as bar:
+        result = export_model(checkpoint, out, format, calibration, auto_calibration=True,
+                              onnx_input=input, onnx_source_size=parse_size(source_size),
+                              device=_device(device), progress=bar.update)
+    for note in result.notes:
+        typer.echo(note)
+    p = result.parity
+    typer.echo(f"parity: max |embedding difference| {p['max_abs_diff']:.2e} on {p['images']} "
+               f"{p['source']} (limit {p['limit']:g})")
+    c = result.calibration
+    if c is not None:
+        fars = ", ".join(f"FAR {k} {v['threshold']:.4f}" if v else f"FAR {k} -"
+                         for k, v in c["far"].items())
+        typer.echo(f"calibrated on {c['pairs']} pairs of {c['dataset']} ({c['date']}, in-sample):"
+                   f" best accuracy {c['best_accuracy']['threshold']:.4f}, {fars}")
+    typer.echo(f"wrote {result.path} and {result.sidecar}")

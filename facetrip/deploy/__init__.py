@@ -1,1 +1,3 @@
-"""Using a trained model: embed folders of images, export a standalone model."""
+"""Using a trained model: export it (TorchScript, ONNX, safetensors + a calibrated sidecar),
+embed folders of images, verify pairs, enroll galleries and identify probes, from a
+checkpoint or any exported file (:func:`facetrip.deploy.embedder.load_embedder`)."""

@@ -1,21 +1,30 @@
-"""``facetrip embed``: embeddings for every image under a folder, streamed to an ``.npz``."""
+"""``facetrip embed``: embeddings of every image under a folder, streamed to ``.npz`` or ``.npy``.
+
+Rows go to a scratch file as they are computed, so memory does not grow with the number of
+images; the output is written from it at the end, atomically. Files that cannot be used are
+skipped and listed (``OUT.skipped.txt``), never fatal.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from facetrip.data.dataset import load_transformed
+from facetrip.data.decode import ImageError, display_path
 from facetrip.data.index import IMAGE_EXTENSIONS, SkippedFile
 from facetrip.errors import UserError
-from facetrip.evaluation.embedding import iter_embeddings
 from facetrip.io import atomic_write
+
+OUTPUT_FORMATS = ("npz", "npy")
 
 
 def list_images(root: str | Path) -> list[str]:
@@ -35,28 +44,45 @@ def list_images(root: str | Path) -> list[str]:
 
 
 class PathDataset(torch.utils.data.Dataset):
-    """``dataset[i] -> (image tensor or None, i)``; ``None`` marks a file that failed to load."""
+    """``dataset[i] -> (uint8 image or None, i, skip reason or None)`` for ``root/paths[i]``,
+    decoded with ``loader`` (anything with ``load(path)``, e.g. a ``Preprocess``)."""
 
-    def __init__(self, root: Path, paths: list[str], transform: Callable) -> None:
-        self.root, self.paths, self.transform = root, paths, transform
+    def __init__(self, root: Path, paths: list[str], loader: Any) -> None:
+        self.root, self.paths, self.loader = root, paths, loader
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
         try:  # decoded as training and eval decode (load_transformed)
-            return load_transformed(self.transform, self.root / self.paths[i]), i
-        except Exception:  # any decode failure: reported by the caller, never fatal
-            return None, i
+            return load_transformed(self.loader, self.root / self.paths[i]), i, None
+        except ImageError as exc:
+            return None, i, str(exc)
+        except Exception as exc:  # any other decode failure: reported, never fatal
+            return None, i, f"cannot be decoded: {type(exc).__name__}"
 
 
-def collate_skipping(items: list) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Stack the loadable items; return ``(images, indices, failed indices)``."""
-    good = [(x, i) for x, i in items if x is not None]
-    failed = [i for x, i in items if x is None]
+def collate_skipping(items: list) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+    """Stack the loadable items: ``(images (b, 3, S, S), indices (b,), [(index, reason)])``."""
+    good = [(x, i) for x, i, _ in items if x is not None]
+    failed = [(i, reason) for x, i, reason in items if x is None]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), failed
     return torch.stack([x for x, _ in good]), torch.tensor([i for _, i in good]), failed
+
+
+def iter_folder_embeddings(
+    embedder: Any, root: Path, paths: list[str], batch_size: int = 256, workers: int = 0,
+) -> Iterator[tuple[np.ndarray, list[int], list[tuple[int, str]]]]:
+    """Stream ``(embeddings (b, D) float32, their path indices, [(failed index, reason)])``
+    per batch; ``embedder`` is a :class:`~facetrip.deploy.embedder.Embedder`."""
+    loader = torch.utils.data.DataLoader(
+        PathDataset(root, paths, embedder.loader), batch_size=batch_size, num_workers=workers,
+        collate_fn=collate_skipping, pin_memory=embedder.device.type == "cuda",
+    )
+    for images, idx, failed in loader:
+        emb = embedder.embed(images).numpy() if len(idx) else np.empty((0, 0), np.float32)
+        yield emb, idx.tolist(), failed
 
 
 @dataclass
@@ -67,76 +93,100 @@ class EmbedResult:
     count: int
     dim: int
     skipped: list[SkippedFile] = field(default_factory=list)
+    skipped_list: Path | None = None  #: ``OUT.skipped.txt`` when files were skipped
+    paths_file: Path | None = None  #: ``OUT.paths.txt`` (``.npy`` output)
 
 
-def iter_folder_embeddings(
-    model: torch.nn.Module,
-    root: Path,
-    paths: list[str],
-    transform: Callable,
-    device: torch.device,
-    batch_size: int = 256,
-    workers: int = 0,
-) -> Iterator[tuple[torch.Tensor, list[int], list[int]]]:
-    """Stream ``(embeddings (b, D), their path indices, failed path indices)`` per batch."""
-    loader = torch.utils.data.DataLoader(
-        PathDataset(root, paths, transform), batch_size=batch_size, num_workers=workers,
-        collate_fn=collate_skipping, pin_memory=device.type == "cuda",
-    )
-    for emb, (idx, failed) in iter_embeddings(model, loader, device):
-        yield emb, idx.tolist(), failed
+def skipped_list_path(out: Path) -> Path:
+    return out.with_name(out.name + ".skipped.txt")
+
+
+def paths_file_path(out: Path) -> Path:
+    return out.with_name(out.name + ".paths.txt")
+
+
+def _write_npy(f, scratch: Path, n: int, dim: int) -> None:
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+            "shape": (n, dim)})
+    with open(scratch, "rb") as src:
+        shutil.copyfileobj(src, f, 1 << 22)
+
+
+def _lines(items: list[str]) -> bytes:
+    return "".join(f"{display_path(p)}\n" for p in items).encode()
 
 
 def embed_folder(
-    model: torch.nn.Module,
+    embedder: Any,
     root: str | Path,
     out: str | Path,
-    transform: Callable,
-    device: torch.device,
     batch_size: int = 256,
     workers: int = 0,
     progress: Callable[[int], None] | None = None,
     paths: list[str] | None = None,
+    fmt: str | None = None,
 ) -> EmbedResult:
-    """Embed every image under ``root`` into ``out`` (npz, written atomically).
+    """Embed every image under ``root`` into ``out`` with ``embedder`` (any model file, see
+    :func:`~facetrip.deploy.embedder.load_embedder`).
 
-    The npz holds ``embeddings`` (N, D) float32, ``paths`` (N,) relative to ``root`` and, when
-    images sit in sub-folders, ``labels`` (N,) int64 indexing ``classes`` (the first folder of
-    each path). Rows are written to a memory-mapped scratch file as they are computed, so
-    memory does not grow with N. Files that fail to decode are left out and listed in
-    ``skipped``. ``progress(n)`` is called with the number of files handled per batch.
-    ``paths`` (relative to ``root``) skips the directory walk when the caller listed it already.
+    ``fmt`` (default: ``out``'s suffix, else npz):
+
+    * ``npz``: ``embeddings`` (N, D) float32, ``paths`` (N,) relative to ``root`` and, when
+      every image sits in a sub-folder, ``labels`` (N,) int64 indexing ``classes`` (the first
+      folder of each path: what ``facetrip eval --embeddings`` reads);
+    * ``npy``: the (N, D) float32 array, and ``OUT.paths.txt``, its paths one per line.
+
+    Memory does not grow with N (rows stream to a scratch file beside ``out``). Unusable files
+    are left out, returned in ``skipped`` and listed in ``OUT.skipped.txt``. ``progress(n)``
+    after each batch of ``n`` files; ``paths`` (relative to ``root``) skips the directory
+    walk when the caller listed it already.
+
+    Raises:
+        UserError: ``root`` has no images, or none of them can be used.
     """
     root, out = Path(root), Path(out)
+    fmt = fmt or (out.suffix.lstrip(".") if out.suffix in (".npz", ".npy") else "npz")
+    if fmt not in OUTPUT_FORMATS:
+        raise UserError(f"--format must be npz or npy, got {fmt!r}")
     paths = list_images(root) if paths is None else paths
-    model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     skipped: list[SkippedFile] = []
     kept: list[str] = []
-    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
-        store = None
-        for emb, idx, failed in iter_folder_embeddings(
-            model, root, paths, transform, device, batch_size, workers
-        ):
-            skipped += [SkippedFile(paths[i], "cannot be decoded") for i in failed]
-            if len(idx):
-                if store is None:
-                    store = np.lib.format.open_memmap(
-                        os.path.join(scratch, "emb.npy"), mode="w+", dtype=np.float32,
-                        shape=(len(paths), emb.shape[1]),
-                    )
-                store[len(kept) : len(kept) + len(idx)] = emb.numpy()
-                kept += [paths[i] for i in idx]
-            if progress is not None:
-                progress(len(idx) + len(failed))
-        if store is None:
-            raise UserError(f"none of the {len(paths)} images under {root} could be decoded")
-        arrays = {"embeddings": store[: len(kept)], "paths": np.asarray(kept)}
-        tops = [p.split(os.sep)[0] if os.sep in p else "" for p in kept]
-        if all(tops):
-            classes, labels = np.unique(np.asarray(tops), return_inverse=True)
-            arrays.update(labels=labels.astype(np.int64), classes=classes)
-        atomic_write(out, lambda f, a=arrays: np.savez(f, **a))
-        dim = store.shape[1]
-        del store, arrays
-    return EmbedResult(out, len(kept), dim, skipped)
+    dim = 0
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        scratch = Path(tmp) / "rows.f32"
+        with open(scratch, "wb") as rows:
+            for emb, idx, failed in iter_folder_embeddings(embedder, root, paths, batch_size,
+                                                           workers):
+                skipped += [SkippedFile(paths[i], reason) for i, reason in failed]
+                if idx:
+                    rows.write(np.ascontiguousarray(emb, dtype=np.float32).tobytes())
+                    kept += [paths[i] for i in idx]
+                    dim = emb.shape[1]
+                if progress is not None:
+                    progress(len(idx) + len(failed))
+        if not kept:
+            raise UserError(f"none of the {len(paths)} images under {root} could be used"
+                            + (f" (e.g. {display_path(skipped[0].path)}: {skipped[0].reason})"
+                               if skipped else ""))
+        result = EmbedResult(out, len(kept), dim, skipped)
+        if fmt == "npy":
+            atomic_write(out, lambda f: _write_npy(f, scratch, len(kept), dim))
+            result.paths_file = atomic_write(paths_file_path(out), _lines(kept))
+        else:
+            store = np.memmap(scratch, dtype=np.float32, mode="r", shape=(len(kept), dim))
+            arrays = {"embeddings": store, "paths": np.asarray(kept)}
+            tops = [p.split(os.sep)[0] if os.sep in p else "" for p in kept]
+            if all(tops):
+                classes, labels = np.unique(np.asarray(tops), return_inverse=True)
+                arrays.update(labels=labels.astype(np.int64), classes=classes)
+            atomic_write(out, lambda f, a=arrays: np.savez(f, **a))
+            del store, arrays
+    listing = skipped_list_path(out)
+    if skipped:
+        result.skipped_list = atomic_write(
+            listing, "".join(f"{s.reason}\t{display_path(s.path)}\n" for s in skipped))
+    else:
+        listing.unlink(missing_ok=True)  # a stale list of an earlier run would mislead
+    return result

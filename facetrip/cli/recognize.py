@@ -1,0 +1,138 @@
+"""``facetrip verify``, ``facetrip enroll``, ``facetrip identify``: same person? who is this?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from facetrip.cli.app import app
+from facetrip.cli.app import device as _device
+from facetrip.cli.deploy import FACE_CROPS, MODEL_HELP, default_workers
+from facetrip.errors import UserError
+
+FAR_HELP = ("Use the calibrated threshold at this false-accept rate (1e-2, 1e-3 or 1e-4; "
+            "default: the best-accuracy threshold).")
+THRESHOLD_HELP = "Use this distance threshold instead (same iff distance < threshold)."
+
+
+@app.command(short_help="Are two face images the same person? (exit code 0 same, 1 different)",
+             help="Are two face images the same person? Prints the distance, the threshold "
+                  "and where it came from; exit code 0 same, 1 different, 2 error. "
+                  + FACE_CROPS)
+def verify(
+    image_a: Annotated[Path, typer.Argument(help="First face image.")],
+    image_b: Annotated[Path, typer.Argument(help="Second face image.")],
+    model: Annotated[Path, typer.Option(help=MODEL_HELP)],
+    far: Annotated[float | None, typer.Option(help=FAR_HELP)] = None,
+    threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    from facetrip.deploy.embedder import load_embedder
+    from facetrip.deploy.verify import verify as verify_pair
+
+    verdict = verify_pair(load_embedder(model, _device(device)), image_a, image_b, far,
+                          threshold)
+    if json_:
+        typer.echo(json.dumps({"image_a": str(image_a), "image_b": str(image_b),
+                               **verdict.to_dict()}))
+    else:
+        answer = "same person" if verdict.same else "different people"
+        sign = "<" if verdict.same else ">="
+        typer.echo(f"{answer}: {verdict.metric} distance {verdict.distance:.4f} {sign} "
+                   f"threshold {verdict.threshold:.4f} ({verdict.threshold_source})")
+    raise typer.Exit(0 if verdict.same else 1)
+
+
+@app.command(short_help="Enroll identity folders into a gallery for identify.",
+             help="Enroll identity folders (GALLERY_DIR/<identity>/<image>) into a gallery: "
+                  "every image's embedding, one mean embedding per identity, and the model's "
+                  "fingerprint, so the gallery is only ever searched with this model. "
+                  + FACE_CROPS)
+def enroll(
+    gallery_dir: Annotated[Path, typer.Argument(help="Identity folders of face images.")],
+    model: Annotated[Path, typer.Option(help=MODEL_HELP)],
+    out: Annotated[Path, typer.Option(help="Output gallery, e.g. gallery.npz.")],
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
+    workers: Annotated[int | None, typer.Option(
+        help="Decoding worker processes (default: CPU cores - 1, 1 to 8; 0 = in-process).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    from facetrip.data.index import scan_identity_folder
+    from facetrip.deploy.embedder import load_embedder
+    from facetrip.deploy.gallery import enroll as enroll_gallery
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    embedder = load_embedder(model, _device(device))
+    total = len(scan_identity_folder(gallery_dir, validate=False))
+    with tqdm(total=total, desc="enroll", unit="img", delay=0.5) as bar:
+        result = enroll_gallery(embedder, gallery_dir, out, batch_size,
+                                default_workers() if workers is None else workers,
+                                progress=bar.update)
+    if result.skipped:
+        s = result.skipped[0]
+        typer.echo(f"warning: skipped {len(result.skipped)} files, e.g. {s.path} ({s.reason})",
+                   err=True)
+    if result.empty:
+        typer.echo(f"warning: {len(result.empty)} identity folders without a usable image "
+                   f"left out, e.g. {result.empty[0]}", err=True)
+    typer.echo(f"enrolled {result.identities} identities ({result.images} images) into "
+               f"{result.out}")
+
+
+@app.command(short_help="Who is this? The nearest gallery identities of each probe image.",
+             help="Who is this? The top-k gallery identities of each probe image with their "
+                  "distances; 'unknown' when even the nearest is at or above the threshold "
+                  "(the model's calibrated one unless --threshold or --far). Exact search, in "
+                  "bounded memory. " + FACE_CROPS)
+def identify(
+    probes: Annotated[list[Path], typer.Argument(help="Face images to identify.")],
+    gallery: Annotated[Path, typer.Option(help="Gallery from facetrip enroll.")],
+    model: Annotated[Path | None, typer.Option(
+        help="The model that enrolled the gallery, or an export of it (default: the file "
+             "the gallery names).")] = None,
+    top_k: Annotated[int, typer.Option(help="Identities listed per probe.")] = 5,
+    by: Annotated[str, typer.Option(
+        help="image: an identity's distance is its nearest image's; mean: its mean "
+             "embedding's.")] = "image",
+    far: Annotated[float | None, typer.Option(help=FAR_HELP)] = None,
+    threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object per probe.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    from facetrip.deploy.calibration import choose_threshold
+    from facetrip.deploy.embedder import load_embedder
+    from facetrip.deploy.gallery import check_model, load_gallery, rank_identities
+
+    if top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {top_k}")
+    g = load_gallery(gallery)
+    embedder = load_embedder(model or Path(g.meta["model"]), _device(device))
+    check_model(g, embedder)
+    value, source = choose_threshold(embedder.calibration, far, threshold)
+    queries = embedder.embed_files(list(probes))
+    for probe, matches in zip(probes, rank_identities(g, queries, top_k, by), strict=True):
+        known = matches[0].distance < value
+        if json_:
+            typer.echo(json.dumps({
+                "probe": str(probe), "identity": matches[0].identity if known else None,
+                "known": known, "threshold": value, "threshold_source": source,
+                "metric": g.meta["distance"],
+                "matches": [{"identity": m.identity, "distance": m.distance, "image": m.image}
+                            for m in matches]}))
+            continue
+        head = (f"{matches[0].identity} (distance {matches[0].distance:.4f})" if known else
+                f"unknown (nearest {matches[0].identity} at {matches[0].distance:.4f} >= "
+                f"threshold {value:.4f})")
+        typer.echo(f"{probe}: {head}")
+        for rank, m in enumerate(matches, 1):
+            typer.echo(f"  {rank}. {m.identity}  {m.distance:.4f}")
+    if not json_:
+        typer.echo(f"threshold {value:.4f}: {source}")

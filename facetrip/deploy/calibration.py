@@ -1,0 +1,234 @@
+"""Operating points for a deployed model, from what ``facetrip eval`` measured.
+
+``facetrip eval`` writes ``metrics.json`` with the best-accuracy threshold but not the
+thresholds at a target false-accept rate. :func:`calibrate` recovers them exactly: it redraws
+(or rereads) the same pairs from the ``dataset``, ``options`` and pair counts recorded there,
+embeds the images in them with the checkpoint, checks that the result is what ``eval``
+reported (so a metrics file of another model or of changed data is refused), and fits every
+threshold on those pairs (:func:`~facetrip.evaluation.verification.operating_points`).
+
+Those thresholds are fitted on the pairs they are then scored on: the accuracy, TAR and FAR
+beside them are in-sample; the k-fold ``held_out_accuracy`` is the honest estimate. The
+calibration records the dataset, the pair counts and the date of the ``eval`` run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facetrip.config import Config
+from facetrip.data.index import ImageFolderIndex, scan_identity_folder
+from facetrip.data.transforms import build_transform
+from facetrip.errors import UserError
+from facetrip.evaluation.evaluate import embed_index, load_pairs
+from facetrip.evaluation.pairs import pair_distances
+from facetrip.evaluation.verification import operating_points, verification_metrics
+
+FARS = (1e-2, 1e-3, 1e-4)
+#: how far the re-embedded pairs may score from metrics.json (different BLAS, batches, device)
+_AGREEMENT = 1e-3
+
+
+def far_key(far: float) -> str:
+    """The sidecar's key of a target FAR: ``1e-3`` -> ``"0.001"``."""
+    return f"{float(far):g}"
+
+
+def read_metrics(path: str | Path) -> dict:
+    """``facetrip eval``'s metrics.json (UserError when it is missing or not one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"calibration file not found: {path}")
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(metrics, dict) or "verification" not in metrics:
+        raise UserError(f"{path} is not the metrics.json of `facetrip eval`")
+    return metrics
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when both paths exist and name one file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def find_calibration(checkpoint: str | Path) -> tuple[Path | None, str]:
+    """``CHECKPOINT_DIR/eval/metrics.json`` when it is an evaluation of ``checkpoint``:
+    ``(path or None, why)``; ``why`` says what was found (for the CLI to print)."""
+    path = Path(checkpoint).parent / "eval" / "metrics.json"
+    if not path.is_file():
+        return None, "no calibration: no eval/metrics.json beside the checkpoint"
+    try:
+        metrics = read_metrics(path)
+    except UserError as exc:
+        return None, f"no calibration: {exc}"
+    if not same_file(metrics.get("checkpoint") or "", checkpoint):
+        return None, (f"no calibration: {path} evaluates {metrics.get('checkpoint')}, "
+                      f"not {checkpoint}")
+    return path, f"calibration from {path}"
+
+
+def _eval_date(path: Path) -> str:
+    stamp = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+    return stamp.isoformat(timespec="seconds")
+
+
+def _used_subset(index: ImageFolderIndex, used: np.ndarray) -> ImageFolderIndex:
+    return ImageFolderIndex(index.root, [index.paths[i] for i in used], index.labels[used],
+                            index.classes)
+
+
+def calibrate(
+    metrics_path: str | Path,
+    model: torch.nn.Module,
+    cfg: Config,
+    checkpoint: str | Path,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """The calibration block of the sidecar, from ``facetrip eval``'s ``metrics_path``.
+
+    Args:
+        metrics_path: metrics.json of ``facetrip eval --checkpoint CHECKPOINT --data DIR``.
+        model, cfg: the checkpoint's network and run config (as ``model_from_checkpoint``).
+        checkpoint: its path (checked against the one ``metrics.json`` names, when it exists).
+        progress: ``progress(n)`` per batch of ``n`` embedded images.
+
+    Returns:
+        ``{"metrics", "dataset", "pairs_file", "pairs", "same", "different", "folds", "seed",
+        "distance", "date", "in_sample", "held_out_accuracy", "auc", "best_accuracy":
+        {"threshold", "accuracy"}, "far": {"0.01": {"threshold", "tar", "far"} | None, ...}}``.
+
+    Raises:
+        UserError: ``metrics.json`` scores an embeddings file or flipped images, evaluates
+            another checkpoint, or its dataset is gone or no longer gives the same pairs and
+            scores.
+    """
+    metrics_path = Path(metrics_path)
+    metrics = read_metrics(metrics_path)
+    ver, dataset = metrics["verification"], metrics.get("dataset") or {}
+    options = metrics.get("options") or {}
+    where = f"calibration {metrics_path}"
+    if "root" not in dataset:
+        raise UserError(f"{where} scores an embeddings file, which cannot be tied to a model: "
+                        "calibrate with `facetrip eval --checkpoint CKPT --data DIR`")
+    if options.get("flip"):
+        raise UserError(f"{where} was measured with --flip, which the exported model does not "
+                        "do: evaluate again without --flip")
+    named = metrics.get("checkpoint")
+    if named and Path(named).exists() and not same_file(named, checkpoint):
+        raise UserError(f"{where} evaluates {named}, not {checkpoint}")
+    root = Path(dataset["root"])
+    if not root.is_dir():
+        raise UserError(f"{where}: its dataset {root} is not found (paths are relative to "
+                        "where `facetrip eval` ran)")
+    metric = options.get("metric", "euclidean")
+    folds, n_pairs = int(ver["folds"]), int(ver["n_pairs"])
+    index = scan_identity_folder(root)
+    pairs = load_pairs(index, dataset.get("pairs_file"), folds, n_pairs // folds,
+                       int(options.get("seed", 0)))
+    if len(pairs) != n_pairs:
+        raise UserError(f"{where}: {root} now gives {len(pairs)} pairs, not the {n_pairs} "
+                        "evaluated: the dataset changed; evaluate again")
+    used = np.unique(np.concatenate([pairs.idx1, pairs.idx2]))
+    d = cfg.data
+    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
+                                crop_box=d.crop_box, grayscale=d.grayscale)
+    emb_used = embed_index(model, _used_subset(index, used), transform, torch.device(device),
+                           batch_size, progress=progress)
+    emb = np.zeros((len(index), emb_used.shape[1]), dtype=np.float32)
+    emb[used] = emb_used
+    distances = pair_distances(emb, pairs, metric)
+    again = verification_metrics(distances, pairs.issame, folds=pairs.fold)
+    for key in ("auc", "accuracy"):
+        old, new = ver.get(key), again.get(key)
+        if old is not None and new is not None and abs(old - new) > _AGREEMENT + 2 / n_pairs:
+            raise UserError(f"{where} reports {key} {old:.4f}, but this checkpoint on {root} "
+                            f"gives {new:.4f}: another model or changed data; evaluate again")
+    points = operating_points(distances, pairs.issame, FARS)
+    return {
+        "metrics": str(metrics_path),
+        "dataset": str(root),
+        "pairs_file": dataset.get("pairs_file"),
+        "pairs": n_pairs,
+        "same": int(again["n_same"]),
+        "different": int(again["n_different"]),
+        "folds": folds,
+        "seed": int(options.get("seed", 0)),
+        "distance": metric,
+        "date": _eval_date(metrics_path),
+        "in_sample": True,
+        "held_out_accuracy": ver.get("accuracy"),
+        "auc": again.get("auc"),
+        "best_accuracy": points["best_accuracy"],
+        "far": {far_key(far): points["far"][far] for far in FARS},
+    }
+
+
+def checkpoint_calibration(checkpoint: str | Path) -> dict | None:
+    """What a bare checkpoint knows of its operating points: the best-accuracy threshold of
+    ``eval/metrics.json`` beside it when that evaluates this checkpoint (no FAR thresholds:
+    those come with ``facetrip export``)."""
+    path, _ = find_calibration(checkpoint)
+    if path is None:
+        return None
+    metrics = read_metrics(path)
+    ver, options = metrics["verification"], metrics.get("options") or {}
+    if options.get("flip"):
+        return None
+    return {
+        "metrics": str(path),
+        "dataset": (metrics.get("dataset") or {}).get("root"),
+        "pairs": ver.get("n_pairs"),
+        "distance": options.get("metric", "euclidean"),
+        "date": _eval_date(path),
+        "in_sample": True,
+        "held_out_accuracy": ver.get("accuracy"),
+        "best_accuracy": {"threshold": ver["threshold"]},
+        "far": {},
+    }
+
+
+def choose_threshold(
+    calibration: Mapping[str, Any] | None, far: float | None = None,
+    threshold: float | None = None,
+) -> tuple[float, str]:
+    """``(threshold, where it came from)``: ``threshold`` when given, else the calibration's
+    at ``far``, else its best-accuracy threshold. Same person iff ``distance < threshold``.
+
+    Raises:
+        UserError: both given, no calibration, or none at ``far`` (too few different pairs).
+    """
+    if threshold is not None and far is not None:
+        raise UserError("give --far or --threshold, not both")
+    if threshold is not None:
+        if not math.isfinite(threshold):
+            raise UserError(f"--threshold must be a finite number, got {threshold}")
+        return float(threshold), "--threshold"
+    if not calibration:
+        raise UserError("this model has no calibration: pass --threshold, or export it with "
+                        "--calibration EVAL/metrics.json")
+    on = (f"{calibration.get('pairs')} pairs of {calibration.get('dataset')}, "
+          f"{calibration.get('date')}")
+    if far is None:
+        return float(calibration["best_accuracy"]["threshold"]), f"best accuracy on {on}"
+    point = (calibration.get("far") or {}).get(far_key(far))
+    if point is None:
+        known = ", ".join(k for k, v in (calibration.get("far") or {}).items() if v) or "none"
+        raise UserError(f"no calibrated threshold at FAR {far:g} (calibrated: {known}); a FAR "
+                        f"of {far:g} needs at least {math.ceil(1 / far)} different pairs")
+    return float(point["threshold"]), f"FAR {far:g} on {on}"

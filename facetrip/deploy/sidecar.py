@@ -1,0 +1,113 @@
+"""The JSON sidecar of an exported model (``MODEL.json`` beside ``MODEL``), one schema for
+TorchScript, ONNX and safetensors, and the model fingerprint galleries are tied to.
+
+Fields (see README "Deploy"): ``facetrip_version``, ``format``, ``architecture``,
+``model_spec``, ``input_size``, ``colour_order``, ``crop_fraction``, ``crop_box``,
+``grayscale``, ``mean``, ``std``, ``embedding_dim``, ``normalized_output``, ``distance``,
+``input`` (what the file takes), ``fingerprint``, ``file_sha256``, ``parity``,
+``calibration`` (or null), ``checkpoint``, ``exported_at``; ONNX adds ``onnx``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facetrip.data.transforms import Preprocess
+from facetrip.errors import UserError
+from facetrip.io import atomic_write
+
+FORMATS = ("torchscript", "onnx", "safetensors")
+REQUIRED = ("format", "model_spec", "input_size", "crop_fraction", "crop_box", "grayscale",
+            "mean", "std", "embedding_dim", "distance", "fingerprint", "file_sha256")
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".json")
+
+
+def preprocessing(pre: Preprocess, mean: Sequence[float], std: Sequence[float]) -> dict:
+    """The sidecar's preprocessing fields of a run."""
+    return {
+        "input_size": pre.size,
+        "colour_order": "RGB",
+        "crop_fraction": pre.crop_fraction,
+        "crop_box": list(pre.crop_box) if pre.crop_box is not None else None,
+        "grayscale": pre.grayscale,
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+    }
+
+
+def preprocess_from_sidecar(meta: Mapping[str, Any]) -> Preprocess:
+    """The :class:`Preprocess` a sidecar describes (facetrip's own, exactly as in training)."""
+    box = tuple(float(v) for v in meta["crop_box"]) if meta.get("crop_box") else None
+    return Preprocess(int(meta["input_size"]), float(meta["crop_fraction"]), box,
+                      bool(meta["grayscale"]))
+
+
+def fingerprint(state_dict: Mapping[str, torch.Tensor], model_spec: Mapping[str, Any],
+                pre: Preprocess, mean: Sequence[float], std: Sequence[float]) -> str:
+    """``sha256:<hex>`` of the weights (every tensor's name, dtype, shape and bytes, by name)
+    and of everything that changes an embedding besides them (architecture, preprocessing).
+
+    The same for a checkpoint and for every file exported from it, so a gallery enrolled with
+    one can be searched with another, and with nothing else.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    rest = {"model_spec": dict(model_spec), **preprocessing(pre, mean, std)}
+    h.update(json.dumps(rest, sort_keys=True).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_sidecar(model_path: str | Path, meta: Mapping[str, Any]) -> Path:
+    """Write ``meta`` as ``model_path``'s sidecar (atomically); returns its path."""
+    return atomic_write(sidecar_path(model_path), json.dumps(meta, indent=2) + "\n")
+
+
+def read_sidecar(model_path: str | Path, expected_format: str | None = None) -> dict:
+    """The sidecar of the exported model ``model_path``, checked against the file.
+
+    Raises:
+        UserError: the sidecar is missing, not JSON, lacks a field, names another format, or
+            describes other bytes than ``model_path`` holds (``file_sha256``).
+    """
+    model_path = Path(model_path)
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        raise UserError(f"{model_path} has no sidecar {path}: an exported model needs the "
+                        "JSON file `facetrip export` writes beside it")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read sidecar {path}: {str(exc).splitlines()[0]}") from None
+    missing = [k for k in REQUIRED if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise UserError(f"sidecar {path} lacks {', '.join(missing)}: not a facetrip sidecar")
+    if meta["format"] not in FORMATS or (expected_format and meta["format"] != expected_format):
+        raise UserError(f"sidecar {path} describes a {meta['format']!r} model, but {model_path} "
+                        f"is {expected_format or 'not one of ' + ', '.join(FORMATS)}")
+    if file_sha256(model_path) != meta["file_sha256"]:
+        raise UserError(f"sidecar {path} does not match {model_path} (it describes another "
+                        "file): export again, or put the model's own sidecar beside it")
+    return meta
