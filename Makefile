@@ -32,12 +32,15 @@ test: install
 lint: install
 	$(BIN)/ruff check facetrip tests scripts
 
-bench: bench-mining bench-eval bench-data
+bench: bench-mining bench-eval bench-data bench-embed
 
 bench-mining: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python scripts/bench_mining.py --out bench_results/mining.json
 
+# retrieval_metrics / verification_metrics on 200,000 x 128 embeddings, then what users run:
+# `facetrip eval --embeddings` on them end to end in a child process (wall, CPU, peak RSS;
+# target < 120 s and < 3 GB on 2 CPUs; ~4 min on an idle 2-CPU machine).
 bench-eval: install
 	$(BIN)/python scripts/bench_eval.py --out bench_results/eval.json
 
@@ -54,6 +57,11 @@ bench-distributed: install
 # alone on an in-memory batch; synthesises its data set first (~2-5 min; --smoke runs on CPU)
 bench-gpu: install
 	$(BIN)/python scripts/bench_gpu_train.py --out bench_results/gpu_train.json
+
+# facetrip embed from JPEG files vs the model's forward-only limit, ResNet-18 at 112 px
+# (LFW from ../shared/data/lfw, else synthetic 250 px JPEGs; ~2 min on 2 CPUs)
+bench-embed: install
+	$(BIN)/python scripts/bench_embed.py --out bench_results/embed.json
 
 # kill -9 a short synthetic run at 20 random points, resume each, check bit-identity (~5 min)
 soak: install
