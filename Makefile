@@ -22,8 +22,8 @@ demo: install
 	$(BIN)/facetrip synth $(DEMO)/data/test --identities 100 --images-per-identity 10 --size 64 --seed 1
 	$(BIN)/facetrip train --config configs/quickstart.yaml --set data.root=$(DEMO)/data/train --set data.cache=$(DEMO)/cache --out $(DEMO)/run
 	$(BIN)/facetrip eval --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/data/test --baseline pixels --out $(DEMO)/eval
-	$(BIN)/facetrip export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/export/model.pt
-	$(BIN)/facetrip embed $(DEMO)/data/test --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/embeddings.npz
+	$(BIN)/facetrip export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/export/model.pt --calibration $(DEMO)/eval/metrics.json
+	$(BIN)/facetrip embed $(DEMO)/data/test --model $(DEMO)/export/model.pt --out $(DEMO)/embeddings.npz
 	$(BIN)/python scripts/demo_summary.py $(DEMO)/eval/metrics.json
 
 test: install

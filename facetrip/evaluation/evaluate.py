@@ -15,7 +15,6 @@ from facetrip.data.index import ImageFolderIndex, scan_identity_folder
 from facetrip.data.transforms import build_transform
 from facetrip.errors import UserError
 from facetrip.evaluation.embedding import PixelEmbedder, embed_all
-from facetrip.evaluation.knn import knn
 from facetrip.evaluation.pairs import (
     PairIndexList,
     generate_pairs,
@@ -23,7 +22,7 @@ from facetrip.evaluation.pairs import (
     read_pairs,
     resolve_pairs,
 )
-from facetrip.evaluation.retrieval import retrieval_metrics
+from facetrip.evaluation.retrieval import retrieval_metrics, retrieval_metrics_and_top1
 from facetrip.evaluation.verification import verification_metrics
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -79,21 +78,29 @@ def score_embeddings(
     emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, metric: str, ks: Sequence[int]
 ) -> tuple[dict, np.ndarray]:
     """``({"verification": ..., "retrieval": ...}, pair distances (P,))`` for ``emb`` (N, D)."""
-    distances = pair_distances(emb, pairs, metric)
-    verification = verification_metrics(distances, pairs.issame, folds=pairs.fold)
+    verification, distances = _verification(emb, pairs, metric)
     retrieval = retrieval_metrics(emb, labels, ks=tuple(ks), metric=metric)
     return {"verification": verification, "retrieval": retrieval}, distances
+
+
+def _verification(emb: np.ndarray, pairs: PairIndexList, metric: str) -> tuple[dict, np.ndarray]:
+    """``(verification metrics, pair distances (P,))``."""
+    distances = pair_distances(emb, pairs, metric)
+    return verification_metrics(distances, pairs.issame, folds=pairs.fold), distances
 
 
 def _evaluation(
     emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, metric: str, ks: Sequence[int],
     **context,
 ) -> Evaluation:
+    """:func:`score_embeddings` plus each item's top-1 for the report, from the same kNN pass
+    as the retrieval metrics."""
     if max(ks) >= len(emb) or min(ks) < 1:
         raise UserError(f"Recall@k needs 1 <= k < {len(emb)} (the number of items), got {ks}")
-    metrics, distances = score_embeddings(emb, labels, pairs, metric, ks)
-    _, top1 = knn(emb, k=1, metric=metric) if len(emb) > 1 else (None, np.zeros((1, 1)))
-    return Evaluation(metrics, distances, pairs, labels, np.asarray(top1)[:, 0], **context)
+    verification, distances = _verification(emb, pairs, metric)
+    retrieval, top1 = retrieval_metrics_and_top1(emb, labels, ks=tuple(ks), metric=metric)
+    metrics = {"verification": verification, "retrieval": retrieval}
+    return Evaluation(metrics, distances, pairs, labels, top1, **context)
 
 
 def embed_index(
