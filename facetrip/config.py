@@ -114,6 +114,8 @@ class TrainConfig:
     max_bad_steps: int = 10
     #: seconds a collective may wait for the other ranks before the job fails (distributed)
     dist_timeout: float = 1800.0
+    #: also log the metrics as TensorBoard scalars in RUN/tensorboard (the tensorboard extra)
+    tensorboard: bool = False
 
 
 @dataclass
@@ -317,7 +319,8 @@ def changed_keys(a: Config, b: Config) -> list[str]:
 
 
 RESUMABLE_KEYS = ("train.epochs", "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.max_bad_steps", "train.dist_timeout", "data.workers")
+                  "train.max_bad_steps", "train.dist_timeout", "train.tensorboard",
+                  "data.workers")
 """Keys a resumed run may change: they do not alter what is computed."""
 
 

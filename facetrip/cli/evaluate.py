@@ -29,11 +29,33 @@ def eval_(
     pairs: Annotated[
         Path | None, typer.Option(help="LFW-format pairs file (default: seeded pairs).")
     ] = None,
+    calibration_pairs: Annotated[
+        Path | None,
+        typer.Option(help="Pairs of other people to choose the thresholds on (LFW View 1: "
+                          "pairsDevTrain.txt for --pairs pairsDevTest.txt)."),
+    ] = None,
+    also_pairs: Annotated[
+        list[Path] | None,
+        typer.Option(help="Also score this pairs file, by its own folds (repeatable; e.g. "
+                          "View 2 pairs.txt)."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default: beside the input, eval/).")
     ] = None,
     baseline: Annotated[
-        str | None, typer.Option(help="Also score a baseline: 'pixels' (with --data).")
+        list[str] | None,
+        typer.Option(help="Also score a baseline on the same pairs: pixels, eigenfaces "
+                          "(repeatable or comma-separated; with --data)."),
+    ] = None,
+    baseline_fit: Annotated[
+        Path | None,
+        typer.Option(help="Identity folder to fit eigenfaces on (default: the images the "
+                          "checkpoint's run trained on)."),
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Decoded-image cache for --data, built if missing or stale (a "
+                          "training run's data.cache of the same folder is reused)."),
     ] = None,
     metric: Annotated[str, typer.Option(help="euclidean or cosine.")] = "euclidean",
     k: Annotated[str, typer.Option(help="Recall@k values, comma-separated.")] = "1,2,4,8,16",
@@ -51,7 +73,7 @@ def eval_(
     Either --checkpoint with --data (embeds the images), or --embeddings FILE.npz.
     """
     from facetrip.evaluation.evaluate import evaluate_checkpoint, evaluate_npz
-    from facetrip.evaluation.table import format_text
+    from facetrip.evaluation.table import format_text, protocol_notes
 
     if metric not in ("euclidean", "cosine"):
         raise UserError(f"--metric must be euclidean or cosine, got {metric!r}")
@@ -62,22 +84,37 @@ def eval_(
     with_images = checkpoint is not None and data is not None
     if with_images == (embeddings is not None) or (checkpoint is None) != (data is None):
         raise UserError("give either --checkpoint and --data, or --embeddings")
+    baselines = [b.strip() for item in baseline or [] for b in item.split(",") if b.strip()]
+    if calibration_pairs is not None and pairs is None:
+        raise UserError("--calibration-pairs chooses the thresholds for --pairs: give both")
     if embeddings is not None:
-        if baseline or flip:
-            raise UserError("--baseline and --flip need images: use --checkpoint and --data")
-        result = evaluate_npz(embeddings, pairs, metric, ks, seed, folds, pairs_per_fold)
+        if baselines or flip or baseline_fit or also_pairs or cache:
+            raise UserError("--baseline, --baseline-fit, --also-pairs, --cache and --flip need "
+                            "images: use --checkpoint and --data")
+        result = evaluate_npz(embeddings, pairs, metric, ks, seed, folds, pairs_per_fold,
+                              calibration_pairs=calibration_pairs)
         out = out or embeddings.with_suffix("").parent / "eval"
     else:
         with tqdm(desc="embed", unit="img", delay=0.5) as bar:
-            result = evaluate_checkpoint(checkpoint, data, pairs, metric, ks, flip, baseline,
+            result = evaluate_checkpoint(checkpoint, data, pairs, metric, ks, flip, baselines,
                                          _device(device), seed, folds, pairs_per_fold,
-                                         progress=bar.update)
+                                         progress=bar.update,
+                                         calibration_pairs=calibration_pairs,
+                                         also_pairs=also_pairs or [], baseline_fit=baseline_fit,
+                                         cache=cache)
         out = out or checkpoint.parent / "eval"
     atomic_write(out / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
     if result.metrics["skipped"]:
         typer.echo(f"warning: skipped {len(result.metrics['skipped'])} unreadable files", err=True)
     typer.echo(format_text(result.metrics))
     typer.echo(_coverage(result.metrics))
+    for note in protocol_notes(result.metrics, pairs.name if pairs else None):
+        typer.echo(f"note: {note}")
+    for name, protocol in (result.metrics.get("also") or {}).items():
+        typer.echo(f"\n{name}: {protocol['verification']['folds']} folds")
+        typer.echo(format_text(protocol))
+        for note in protocol_notes(protocol, Path(name).name):
+            typer.echo(f"note: {note}")
     typer.echo(f"metrics written to {out / 'metrics.json'}")
     if report:
         from facetrip.evaluation.report import write_report

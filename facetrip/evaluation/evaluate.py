@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetrip.data.dataset import FaceDataset
+from facetrip.data.cache import DecodedCache, load_or_build_cache
+from facetrip.data.dataset import CachedFaceDataset, FaceDataset
 from facetrip.data.index import ImageFolderIndex, scan_identity_folder
-from facetrip.data.transforms import build_transform
+from facetrip.data.transforms import FaceTransform, Normalize, build_transform
 from facetrip.errors import UserError
+from facetrip.evaluation.eigenfaces import Eigenfaces, GreyPixels
 from facetrip.evaluation.embedding import PixelEmbedder, embed_all
 from facetrip.evaluation.pairs import (
     PairIndexList,
@@ -24,7 +26,11 @@ from facetrip.evaluation.pairs import (
 )
 from facetrip.evaluation.retrieval import retrieval_metrics, retrieval_metrics_and_top1
 from facetrip.evaluation.verification import verification_metrics
+from facetrip.training.build import run_identities
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+BASELINES = ("pixels", "eigenfaces")
+EIGENFACES_COMPONENTS = 100  #: principal axes kept by the eigenfaces baseline
 
 
 def load_pairs(
@@ -75,32 +81,47 @@ class Evaluation:
 
 
 def score_embeddings(
-    emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, metric: str, ks: Sequence[int]
+    emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, metric: str, ks: Sequence[int],
+    calibration: PairIndexList | None = None,
 ) -> tuple[dict, np.ndarray]:
-    """``({"verification": ..., "retrieval": ...}, pair distances (P,))`` for ``emb`` (N, D)."""
-    verification, distances = _verification(emb, pairs, metric)
+    """``({"verification": ..., "retrieval": ...}, pair distances (P,))`` for ``emb`` (N, D);
+    with ``calibration`` pairs, the thresholds are chosen on them."""
+    verification, distances = _verification(emb, pairs, metric, calibration)
     retrieval = retrieval_metrics(emb, labels, ks=tuple(ks), metric=metric)
     return {"verification": verification, "retrieval": retrieval}, distances
 
 
-def _verification(emb: np.ndarray, pairs: PairIndexList, metric: str) -> tuple[dict, np.ndarray]:
+def _verification(emb: np.ndarray, pairs: PairIndexList, metric: str,
+                  calibration: PairIndexList | None = None) -> tuple[dict, np.ndarray]:
     """``(verification metrics, pair distances (P,))``."""
     distances = pair_distances(emb, pairs, metric)
-    return verification_metrics(distances, pairs.issame, folds=pairs.fold), distances
+    cal = (None if calibration is None
+           else (pair_distances(emb, calibration, metric), calibration.issame))
+    return verification_metrics(distances, pairs.issame, folds=pairs.fold,
+                                calibration=cal), distances
 
 
 def _evaluation(
     emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, metric: str, ks: Sequence[int],
-    **context,
+    calibration: PairIndexList | None = None, **context,
 ) -> Evaluation:
     """:func:`score_embeddings` plus each item's top-1 for the report, from the same kNN pass
     as the retrieval metrics."""
     if max(ks) >= len(emb) or min(ks) < 1:
         raise UserError(f"Recall@k needs 1 <= k < {len(emb)} (the number of items), got {ks}")
-    verification, distances = _verification(emb, pairs, metric)
+    verification, distances = _verification(emb, pairs, metric, calibration)
     retrieval, top1 = retrieval_metrics_and_top1(emb, labels, ks=tuple(ks), metric=metric)
     metrics = {"verification": verification, "retrieval": retrieval}
     return Evaluation(metrics, distances, pairs, labels, top1, **context)
+
+
+def pair_identities(index: ImageFolderIndex, pairs: PairIndexList, seen: Sequence[str] | None
+                    ) -> dict:
+    """``{"identities": n, "seen_in_training": m or None}``: the people in ``pairs`` and how
+    many of them the model's training run saw (``seen``: its identity names, when known)."""
+    names = {index.classes[c] for c in index.labels[np.concatenate([pairs.idx1, pairs.idx2])]}
+    return {"identities": len(names),
+            "seen_in_training": None if seen is None else len(names.intersection(seen))}
 
 
 def embed_index(
@@ -118,9 +139,48 @@ def embed_index(
     return embed_all(model, loader, device, flip=flip, progress=progress)[0]
 
 
+@dataclass
+class ImageSource:
+    """Where a workflow's preprocessed images come from: decoded from their files with
+    ``transform``, or read from a decoded ``cache`` (the same preprocessing, decoded once for
+    the model, every baseline and the eigenfaces fit) of the dataset at ``cache_root``."""
+
+    transform: FaceTransform
+    cache: DecodedCache | None = None
+    cache_root: Path | None = None
+
+    def embed(self, model: torch.nn.Module, index: ImageFolderIndex, device: torch.device,
+              flip: bool = False, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """(N, D) embeddings of every image of ``index`` (see :func:`embed_index`)."""
+        if self.cache is None or Path(index.root).resolve() != self.cache_root:
+            return embed_index(model, index, self.transform, device, flip=flip,
+                               progress=progress)
+        loader = torch.utils.data.DataLoader(CachedFaceDataset(index, self.cache),
+                                             batch_size=256)
+        normalize: Normalize = self.transform.normalize
+        return embed_all(model, loader, device, batch_transform=normalize, flip=flip,
+                         progress=progress)[0]
+
+
 def pixel_embeddings(index: ImageFolderIndex, transform: Callable) -> np.ndarray:
     """The raw-pixel baseline (:class:`PixelEmbedder`) of every image of ``index``."""
     return embed_index(PixelEmbedder(), index, transform, torch.device("cpu"))
+
+
+def fit_eigenfaces(index: ImageFolderIndex, images: ImageSource,
+                   n_components: int = EIGENFACES_COMPONENTS) -> Eigenfaces:
+    """The eigenfaces baseline fitted on every image of ``index`` (the model's preprocessing,
+    in grey)."""
+    pixels = images.embed(GreyPixels(), index, torch.device("cpu"))
+    return Eigenfaces.fit(torch.from_numpy(pixels), n_components)
+
+
+def _baseline_list(baseline: str | Sequence[str] | None) -> list[str]:
+    names = [baseline] if isinstance(baseline, str) else list(baseline or [])
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise UserError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
+    return list(dict.fromkeys(names))
 
 
 def evaluate_checkpoint(
@@ -130,48 +190,106 @@ def evaluate_checkpoint(
     metric: str = "euclidean",
     ks: Sequence[int] = (1, 5, 10),
     flip: bool = False,
-    baseline: str | None = None,
+    baseline: str | Sequence[str] | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
     folds: int = 10,
     pairs_per_fold: int = 600,
     progress: Callable[[int], None] | None = None,
+    calibration_pairs: str | Path | None = None,
+    also_pairs: Sequence[str | Path] = (),
+    baseline_fit: str | Path | None = None,
+    cache: str | Path | None = None,
 ) -> Evaluation:
     """Embed ``data_dir`` with the checkpoint's model and preprocessing, then score it.
 
-    ``metrics`` holds ``verification``, ``retrieval``, ``baselines`` (``{"pixels": {...}}``
-    when ``baseline == "pixels"``) and provenance (``dataset``, ``checkpoint``, ``config``,
-    ``skipped``, ``options``).
+    ``calibration_pairs`` (a pairs file of other people, e.g. LFW ``pairsDevTrain.txt``)
+    chooses the thresholds that score ``pairs_file``; ``also_pairs`` files are scored too, each
+    by its own folds (``metrics["also"]``), model and baselines. Baselines: ``pixels`` and
+    ``eigenfaces``, fitted on the images the checkpoint's run trained on, or on every image of
+    ``baseline_fit``. ``cache``: a decoded-image cache directory for ``data_dir`` (built when
+    missing or stale; a training run's ``data.cache`` of the same folder is reused), so every
+    image is decoded once.
+
+    ``metrics`` holds ``verification``, ``retrieval``, ``baselines`` (``{name: {...}}``),
+    ``also``, ``pair_identities`` (how many of the pairs' people the training run saw) and
+    provenance (``dataset``, ``checkpoint``, ``config``, ``skipped``, ``options``).
     """
-    if baseline not in (None, "pixels"):
-        raise UserError(f"unknown baseline {baseline!r}; the only baseline is 'pixels'")
+    baselines = _baseline_list(baseline)
     device = torch.device(device)
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt, device)
     d = cfg.data
     transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
                                 crop_box=d.crop_box, grayscale=d.grayscale)
-    index = scan_identity_folder(data_dir)
+    images = ImageSource(transform)
+    if cache is not None:
+        decoded, _ = load_or_build_cache(data_dir, cache, transform.preprocess)
+        images = ImageSource(transform, decoded, Path(data_dir).resolve())
+        index = decoded.index
+    else:
+        index = scan_identity_folder(data_dir)
     pairs = load_pairs(index, pairs_file, folds, pairs_per_fold, seed)
-    emb = embed_index(model, index, transform, device, flip=flip, progress=progress)
+    calibration = pairs_from_file(calibration_pairs, index.paths) if calibration_pairs else None
+    also = {str(f): pairs_from_file(f, index.paths) for f in also_pairs}
+    trained_on, seen = _run_identities(cfg, need_images="eigenfaces" in baselines
+                                       and baseline_fit is None)
+    emb = images.embed(model, index, device, flip=flip, progress=progress)
     run_dir = Path(checkpoint).parent
-    result = _evaluation(emb, index.labels, pairs, metric, ks, paths=index.paths,
+    result = _evaluation(emb, index.labels, pairs, metric, ks, calibration, paths=index.paths,
                          root=Path(data_dir),
                          run_dir=run_dir if (run_dir / "metrics.jsonl").is_file() else None)
-    if baseline == "pixels":
-        pixels = pixel_embeddings(index, transform)
-        scores, result.baseline_distances["pixels"] = score_embeddings(
-            pixels, index.labels, pairs, metric, ks)
-        result.metrics["baselines"] = {"pixels": scores}
+    result.metrics["pair_identities"] = pair_identities(index, pairs, seen)
+    result.metrics["also"] = {
+        name: {"verification": _verification(emb, p, metric)[0], "baselines": {},
+               "pair_identities": pair_identities(index, p, seen)}
+        for name, p in also.items()}
+    fitted_on = None
+    if baselines:
+        result.metrics["baselines"] = {}
+    for name in baselines:
+        if name == "pixels":
+            embedder: torch.nn.Module = PixelEmbedder()
+        else:
+            fit_index = scan_identity_folder(baseline_fit) if baseline_fit else trained_on
+            embedder = fit_eigenfaces(fit_index, images)
+            fitted_on = {"root": str(baseline_fit or d.root), "images": len(fit_index),
+                         "identities": len(fit_index.classes),
+                         "components": int(embedder.components.shape[0])}
+        b_emb = images.embed(embedder, index, torch.device("cpu"))
+        scores, result.baseline_distances[name] = score_embeddings(
+            b_emb, index.labels, pairs, metric, ks, calibration)
+        result.metrics["baselines"][name] = scores
+        for protocol, p in also.items():
+            result.metrics["also"][protocol]["baselines"][name] = {
+                "verification": _verification(b_emb, p, metric)[0]}
     result.metrics.update(
         dataset={"root": str(data_dir), "images": len(index), "identities": len(index.classes),
-                 "pairs_file": str(pairs_file) if pairs_file else None},
+                 "pairs_file": str(pairs_file) if pairs_file else None,
+                 "calibration_pairs": str(calibration_pairs) if calibration_pairs else None},
         checkpoint=str(checkpoint),
         config=ckpt.get("config"),
         skipped=[{"path": s.path, "reason": s.reason} for s in index.skipped],
-        options={"metric": metric, "flip": flip, "ks": list(ks), "seed": seed},
+        options={"metric": metric, "flip": flip, "ks": list(ks), "seed": seed,
+                 "baselines": baselines, "eigenfaces_fit": fitted_on},
     )
     return result
+
+
+def _run_identities(cfg, need_images: bool) -> tuple[ImageFolderIndex | None, list[str] | None]:
+    """The checkpoint's training images and seen identity names, when its data is at hand.
+
+    Raises:
+        UserError: ``need_images`` (the eigenfaces fit) and the training data is gone.
+    """
+    try:
+        return run_identities(cfg)
+    except UserError as exc:
+        if need_images:
+            raise UserError(f"the eigenfaces baseline is fitted on the checkpoint's training "
+                            f"images, which cannot be read ({exc}); give --baseline-fit DIR"
+                            ) from None
+        return None, None
 
 
 def evaluate_npz(
@@ -183,6 +301,7 @@ def evaluate_npz(
     folds: int = 10,
     pairs_per_fold: int = 600,
     images_root: str | Path | None = None,
+    calibration_pairs: str | Path | None = None,
 ) -> Evaluation:
     """Score embeddings from any model: an npz with ``embeddings`` (N, D) and ``labels`` (N,),
     and optionally ``paths`` (N,), against which an LFW pairs file resolves.
@@ -210,12 +329,18 @@ def evaluate_npz(
         pairs = pairs_from_file(pairs_file, paths)
     else:
         pairs = _draw_pairs(labels, folds, pairs_per_fold, seed, str(path))
-    result = _evaluation(emb, labels, pairs, metric, ks, paths=paths,
+    calibration = None
+    if calibration_pairs is not None:
+        if paths is None:
+            raise UserError(f"{path} has no 'paths' array, so calibration pairs cannot resolve")
+        calibration = pairs_from_file(calibration_pairs, paths)
+    result = _evaluation(emb, labels, pairs, metric, ks, calibration, paths=paths,
                          root=Path(images_root) if images_root else None)
     result.metrics.update(
         dataset={"embeddings": str(path), "items": len(emb),
                  "identities": int(labels.max()) + 1 if len(labels) else 0,
-                 "pairs_file": str(pairs_file) if pairs_file else None},
+                 "pairs_file": str(pairs_file) if pairs_file else None,
+                 "calibration_pairs": str(calibration_pairs) if calibration_pairs else None},
         checkpoint=None, config=None, skipped=[],
         options={"metric": metric, "flip": False, "ks": list(ks), "seed": seed},
     )

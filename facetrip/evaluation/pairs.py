@@ -293,15 +293,18 @@ def generate_pairs(
 
 
 def _path_key(path: str) -> str:
-    """Identity folder and file name: ``.../name/name_0001.jpg`` -> ``name/name_0001.jpg``."""
-    return "/".join(PurePosixPath(path.replace("\\", "/")).parts[-2:])
+    """Identity folder and file name without its extension:
+    ``.../name/name_0001.jpg`` -> ``name/name_0001``."""
+    folder_and_file = PurePosixPath(*PurePosixPath(path.replace("\\", "/")).parts[-2:])
+    return str(folder_and_file.with_suffix("")) if folder_and_file.suffix else str(folder_and_file)
 
 
 def resolve_pairs(pairs: PairList, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Item indices of both sides of every pair.
 
     A pair path ``name/name_0001.jpg`` matches an item path ending in that folder and file
-    (``/data/lfw/name/name_0001.jpg``, ``name\\name_0001.jpg`` or the same relative path).
+    name, whatever the image's extension (``/data/lfw/name/name_0001.jpg``,
+    ``name\\name_0001.png`` or ``name/name_0001.pgm``).
 
     Args:
         pairs: pairs by relative path.
@@ -311,8 +314,9 @@ def resolve_pairs(pairs: PairList, paths: Sequence[str]) -> tuple[np.ndarray, np
         ``idx1 (P,)`` and ``idx2 (P,)`` int64 indices into ``paths``.
 
     Raises:
-        ValueError: listing up to 5 pair paths with no matching item (and their count), or
-            pair paths matching several items.
+        ValueError: listing up to 5 pair images with no matching item (and their count) and
+            what the items look like, or pair images matching several items (the same name
+            with two extensions).
     """
     index: dict[str, int] = {}
     ambiguous: set[str] = set()
@@ -324,13 +328,20 @@ def resolve_pairs(pairs: PairList, paths: Sequence[str]) -> tuple[np.ndarray, np
     wanted = [_path_key(p) for p in pairs.path1 + pairs.path2]
     missing = sorted({k for k in wanted if k not in index})
     if missing:
+        folders = {k.split("/")[0] for k in index}
+        absent = sorted({k.split("/")[0] for k in missing} - folders)
+        why = (f"{len(absent)} of their identities have no folder (e.g. {absent[:3]})"
+               if absent else "their identity folders exist but hold no such file")
         raise ValueError(
-            f"{len(missing)} pair image(s) not found among the {len(paths)} items, "
-            f"e.g. {missing[:5]}"
+            f"{len(missing)} pair image(s) not found among the {len(paths)} items: {why}; "
+            f"wanted e.g. {[m + '.*' for m in missing[:5]]}, the items look like "
+            f"{[_path_key(str(p)) + PurePosixPath(str(p)).suffix for p in list(paths)[:3]]} "
+            "(a pair 'name i' means the file name/name_%04d.<any extension>)"
         )
     clashes = sorted(ambiguous.intersection(wanted))
     if clashes:
-        raise ValueError(f"{len(clashes)} pair image(s) match several items, e.g. {clashes[:5]}")
+        raise ValueError(f"{len(clashes)} pair image(s) match several files (one name, several "
+                         f"extensions), e.g. {[c + '.*' for c in clashes[:5]]}")
     found = np.array([index[k] for k in wanted], dtype=np.int64)
     return found[: len(pairs)], found[len(pairs) :]
 

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from facetrip.evaluation.table import columns, metric_rows
+from facetrip.evaluation.table import columns, metric_rows, protocol_notes
 from facetrip.evaluation.table import fmt as _fmt
 from facetrip.evaluation.verification import roc_curve
 from facetrip.io import atomic_write
@@ -86,12 +86,13 @@ def render_report(
 ) -> str:
     """The report of ``evaluation`` as one self-contained HTML string (see :func:`write_report`)."""
     ev = evaluation
-    names, sources = columns(ev.metrics)
     context = {
         "title": title,
         "nav": NAV,
         "provenance": _provenance(ev.metrics),
-        "metrics": {"names": names, "rows": metric_rows(sources)},
+        "metrics": _table(ev.metrics, _pairs_name(ev.metrics)),
+        "also": [dict(_table(m, Path(name).name), name=f"Also scored: {name}")
+                 for name, m in (ev.metrics.get("also") or {}).items()],
         "roc": _roc_block(ev),
         "distances": _distance_block(ev),
         "training": _training_block(ev.run_dir),
@@ -134,6 +135,18 @@ def _figure_uri(fig: Figure) -> str:
 
 
 # --------------------------------------------------------------------------- summary
+
+
+def _table(metrics: dict, pairs_name: str | None) -> dict:
+    """One metrics table of the page: column names, rows and the notes read with it."""
+    names, sources = columns(metrics)
+    return {"names": names, "rows": metric_rows(sources),
+            "notes": protocol_notes(metrics, pairs_name)}
+
+
+def _pairs_name(metrics: dict) -> str | None:
+    pairs_file = (metrics.get("dataset") or {}).get("pairs_file")
+    return Path(pairs_file).name if pairs_file else None
 
 
 def _provenance(metrics: dict) -> list[tuple[str, str]]:

@@ -67,21 +67,27 @@ def metric_rows(sources: Sequence[dict]) -> list[tuple[str, list[str] | None]]:
     ``sources`` as from :func:`columns`; cells are display strings (:func:`fmt`), not markup."""
     ver = [s.get("verification") or {} for s in sources]
     ret = [s.get("retrieval") or {} for s in sources]
+    protocol = ver[0].get("protocol", "k-fold") if ver else "k-fold"
+    accuracy, fitted = {"k-fold": ("accuracy ± std", "held out"),
+                        "calibrated": ("accuracy (calibrated threshold)", "calibrated"),
+                        "in-sample": ("accuracy (IN-SAMPLE threshold)", "in-sample")}[protocol]
     rows: list[tuple[str, list[str] | None]] = [("Verification", None)]
-    rows.append(("accuracy ± std", [_pm(v.get("accuracy"), v.get("accuracy_std")) for v in ver]))
+    rows.append((accuracy, [_pm(v.get("accuracy"), v.get("accuracy_std")) for v in ver]))
     for key, label in (("threshold", "threshold (same iff d < t)"), ("auc", "AUC"),
                        ("eer", "EER")):
         rows.append((label, [fmt(v.get(key)) for v in ver]))
     for far in reversed(_keys(sources, "verification", "tar_at_far")):
         rows.append((f"TAR @ FAR={far:g}", [fmt(_lookup(v.get("tar_at_far"), far)) for v in ver]))
     for far in reversed(_keys(sources, "verification", "val_at_far")):
-        rows.append((f"VAL @ FAR={far:g} (held out)",
+        rows.append((f"VAL @ FAR={far:g} ({fitted})",
                      [_val_cell(_lookup(v.get("val_at_far"), far)) for v in ver]))
     rows.append(("pairs (same / different)", [
         f"{fmt(v.get('n_pairs'))} ({fmt(v.get('n_same'))} / {fmt(v.get('n_different'))})"
         for v in ver
     ]))
     rows.append(("folds", [fmt(v.get("folds")) for v in ver]))
+    if not any(ret):
+        return rows
     rows.append(("Retrieval (leave one out)", None))
     for k in _keys(sources, "retrieval", "recall_at_k"):
         rows.append((f"Recall@{k:g}", [fmt(_lookup(r.get("recall_at_k"), k)) for r in ret]))
@@ -93,7 +99,36 @@ def metric_rows(sources: Sequence[dict]) -> list[tuple[str, list[str] | None]]:
 
 
 def _pm(mean: Any, std: Any) -> str:
-    return "n/a" if mean is None else f"{fmt(mean)} ± {fmt(std)}"
+    if mean is None:
+        return "n/a"
+    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def protocol_notes(metrics: dict, pairs_name: str | None = None) -> list[str]:
+    """Sentences that say how to read one protocol's verification figures: where the
+    thresholds came from (an in-sample warning when they were fitted on the scored pairs) and
+    whether the pairs' people were in the model's training run."""
+    ver = metrics.get("verification") or {}
+    what = pairs_name or "these pairs"
+    cal = (metrics.get("dataset") or {}).get("calibration_pairs")
+    notes = []
+    if ver.get("protocol") == "in-sample":
+        notes.append(f"IN-SAMPLE: {what} form a single fold and no calibration pairs were "
+                     "given, so the threshold was chosen on the very pairs it scores: accuracy "
+                     "and VAL are optimistic (give --calibration-pairs FILE of other people)")
+    elif ver.get("protocol") == "calibrated":
+        n = (ver.get("calibration") or {}).get("n_pairs")
+        notes.append(f"thresholds chosen on {n} calibration pairs ({cal or 'another file'}) "
+                     f"and applied unchanged to {what}")
+    people = metrics.get("pair_identities") or {}
+    seen = people.get("seen_in_training")
+    if seen:
+        notes.append(f"OVERLAP: {seen} of the {people['identities']} people in {what} were in "
+                     "the model's training run: this is not a test on unseen identities")
+    elif seen == 0:
+        notes.append(f"none of the {people['identities']} people in {what} was in the "
+                     "model's training run")
+    return notes
 
 
 def _val_cell(entry: Any) -> str:

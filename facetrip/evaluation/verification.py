@@ -171,14 +171,14 @@ def roc_curve(
 # --------------------------------------------------------------------------- verification
 
 
-def _fold_sweeps(
-    d: np.ndarray, same: np.ndarray, fold: np.ndarray, held_out: bool
-) -> Iterator[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int, np.ndarray, np.ndarray]]:
-    """For each fold: the training sweep, training negatives, and the fold's test pairs.
+Sweep = tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int, np.ndarray, np.ndarray]
+"""``((thresholds, tp, fp) of the fitting pairs, their negatives, test distances, test issame)``."""
 
-    Yields ``((thresholds, tp, fp), n_train_negatives, test_distances, test_issame)``; the
-    training pairs are the other folds, or all pairs when ``held_out`` is False.
-    """
+
+def _fold_sweeps(d: np.ndarray, same: np.ndarray, fold: np.ndarray, held_out: bool
+                 ) -> Iterator[Sweep]:
+    """For each fold: the sweep of the pairs its thresholds are fitted on (the other folds, or
+    all pairs when ``held_out`` is False), and the fold's test pairs."""
     order = np.argsort(d, kind="stable")
     ds, ss, fs = d[order], same[order], fold[order]
     for f in np.unique(fs):
@@ -186,6 +186,14 @@ def _fold_sweeps(
         train = ~test if held_out else np.ones_like(test)
         n_neg = int(train.sum() - ss[train].sum())
         yield _threshold_sweep(ds[train], ss[train]), n_neg, ds[test], ss[test]
+
+
+def _calibration_sweep(d: np.ndarray, same: np.ndarray, d_cal: np.ndarray, same_cal: np.ndarray
+                       ) -> Iterator[Sweep]:
+    """One "fold": thresholds fitted on the calibration pairs, all the pairs scored."""
+    order = np.argsort(d_cal, kind="stable")
+    n_neg = int(same_cal.size - same_cal.sum())
+    yield _threshold_sweep(d_cal[order], same_cal[order]), n_neg, d, same
 
 
 def _best_accuracy_index(tp: np.ndarray, fp: np.ndarray, n_neg: int) -> int:
@@ -215,14 +223,15 @@ def _rate(accept: np.ndarray) -> float:
 
 
 def _kfold_metrics(
-    d: np.ndarray, same: np.ndarray, fold: np.ndarray, fars: Sequence[float], held_out: bool
+    sweeps: Iterator[Sweep], fars: Sequence[float]
 ) -> tuple[list[float], dict[float, dict[str, float | None] | None]]:
-    """Per-fold held-out accuracies and FaceNet VAL@FAR (mean over folds) per target FAR."""
+    """Per-fold test accuracies at the fitted best-accuracy threshold, and FaceNet VAL@FAR
+    (mean over folds) per target FAR at the fitted FAR thresholds."""
     accuracies: list[float] = []
     vals: dict[float, list[float]] = {float(far): [] for far in fars}
     fars_seen: dict[float, list[float]] = {float(far): [] for far in fars}
     too_few: set[float] = set()
-    for (thresholds, tp, fp), n_neg, d_test, s_test in _fold_sweeps(d, same, fold, held_out):
+    for (thresholds, tp, fp), n_neg, d_test, s_test in sweeps:
         best = thresholds[_best_accuracy_index(tp, fp, n_neg)]
         accuracies.append(float(np.mean((d_test < best) == s_test)))
         for far in vals:
@@ -240,7 +249,7 @@ def _kfold_metrics(
             if far in too_few
             else {
                 "val": _mean_or_none(v),
-                "val_std": float(np.std(finite)) if finite else None,
+                "val_std": float(np.std(finite)) if len(finite) > 1 else None,
                 "far": _mean_or_none(fars_seen[far]),
             }
         )
@@ -253,6 +262,7 @@ def verification_metrics(
     folds: Any = None,
     n_folds: int = 10,
     fars: Sequence[float] = DEFAULT_FARS,
+    calibration: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Pair-verification metrics (LFW protocol), JSON-serialisable.
 
@@ -263,43 +273,67 @@ def verification_metrics(
             ``None``: pair ``i`` goes to fold ``i * n_folds // P`` (contiguous, as LFW).
         n_folds: number of folds when ``folds`` is None.
         fars: target false-accept rates for ``val_at_far`` and ``tar_at_far``.
+        calibration: ``(distances (Q,), issame (Q,))`` of other pairs (LFW View 1: DevTrain
+            for DevTest) on which the thresholds are chosen; the scored pairs then form one
+            fold and ``folds`` is ignored.
 
     Returns:
         A dict with
 
-        * ``accuracy``, ``accuracy_std``: mean and (population) std over folds of the held-out
-          accuracy; each fold's threshold maximises accuracy on the *other* folds (exact search
-          over all candidate thresholds, the smallest among equally good ones). With a single
-          fold there is nothing to hold out: the threshold is fitted on all pairs and
-          ``held_out`` is False.
-        * ``threshold``: the best-accuracy threshold on all pairs (same iff ``d < threshold``);
-          "accept all" / "reject all" are reported as the nearest float beyond the distances.
+        * ``protocol``: how thresholds met the scored pairs: ``"k-fold"`` (each fold's
+          thresholds fitted on the other folds), ``"calibrated"`` (fitted on ``calibration``)
+          or ``"in-sample"`` (a single fold and no calibration: fitted on the very pairs they
+          score, an optimistic figure); ``held_out`` is False only for ``"in-sample"``.
+        * ``accuracy``, ``accuracy_std``: mean and (population) std over folds of the test
+          accuracy at the best-accuracy threshold of the fitting pairs (exact search over all
+          candidate thresholds, the smallest among equally good ones); ``accuracy_std`` is
+          None when a single fold is scored.
+        * ``threshold``: the best-accuracy threshold of all the fitting pairs (same iff
+          ``d < threshold``): the scored pairs', or the calibration pairs'. "accept all" /
+          "reject all" are reported as the nearest float beyond the distances.
         * ``auc``: ROC AUC of score ``-distance`` (ties count 1/2, as scikit-learn).
         * ``eer``: equal error rate (FPR = FNR, interpolated on the ROC).
         * ``val_at_far``: ``{far: {"val", "val_std", "far"}}``: per fold, the largest threshold
-          with FAR <= target on the training folds; mean VAL (TAR) and mean FAR on the held-out
-          folds. ``None`` for a target when some fold's training negatives are fewer than 1/far.
-        * ``tar_at_far``: ``{far: TAR}`` over all pairs at the largest threshold with
-          FAR <= target; ``None`` when there are fewer than 1/far negative pairs.
-        * ``n_pairs``, ``n_same``, ``n_different``, ``folds`` (number of folds), ``held_out``.
+          with FAR <= target on the fitting pairs; mean VAL (TAR) and mean FAR on the test
+          pairs. ``None`` for a target when some fold's fitting negatives are fewer than 1/far.
+        * ``tar_at_far``: ``{far: TAR}`` read off the ROC of the scored pairs (the largest
+          threshold with FAR <= target on them); ``None`` with fewer than 1/far negatives.
+        * ``n_pairs``, ``n_same``, ``n_different``, ``folds`` (number of folds), ``held_out``;
+          with calibration also ``calibration``: ``{n_pairs, n_same, n_different}``.
 
         ``auc``, ``eer`` and every ``val_at_far``/``tar_at_far`` entry are ``None`` when only
         one class is present. Keys of the far dicts are the given floats (``json.dumps`` writes
         them as strings). For the ROC curve itself see :func:`roc_curve`.
     """
     d, same = _as_pairs(distances, issame)
-    fold = _fold_ids(d.size, folds, n_folds)
-    n_folds_found = int(np.unique(fold).size)
-    held_out = n_folds_found > 1
-    accuracies, val_at_far = _kfold_metrics(d, same, fold, fars, held_out)
+    if calibration is not None:
+        d_cal, same_cal = _as_pairs(*calibration)
+        protocol, n_folds_found = "calibrated", 1
+        sweeps = _calibration_sweep(d, same, d_cal, same_cal)
+        fit_d, fit_same = d_cal, same_cal
+    else:
+        fold = _fold_ids(d.size, folds, n_folds)
+        n_folds_found = int(np.unique(fold).size)
+        protocol = "k-fold" if n_folds_found > 1 else "in-sample"
+        sweeps = _fold_sweeps(d, same, fold, protocol == "k-fold")
+        fit_d, fit_same = d, same
+    accuracies, val_at_far = _kfold_metrics(sweeps, fars)
     n_pos = int(same.sum())
     n_neg = d.size - n_pos
     order = np.argsort(d, kind="stable")
     thresholds, tp, fp = _threshold_sweep(d[order], same[order])
+    if calibration is None:
+        best_threshold = thresholds[_best_accuracy_index(tp, fp, n_neg)]
+    else:
+        cal_order = np.argsort(fit_d, kind="stable")
+        cal_thresholds, cal_tp, cal_fp = _threshold_sweep(fit_d[cal_order], fit_same[cal_order])
+        best_threshold = cal_thresholds[_best_accuracy_index(
+            cal_tp, cal_fp, int(fit_same.size - fit_same.sum()))]
     result: dict[str, Any] = {
+        "protocol": protocol,
         "accuracy": float(np.mean(accuracies)),
-        "accuracy_std": float(np.std(accuracies)),
-        "threshold": _finite_threshold(thresholds[_best_accuracy_index(tp, fp, n_neg)], d),
+        "accuracy_std": float(np.std(accuracies)) if len(accuracies) > 1 else None,
+        "threshold": _finite_threshold(best_threshold, fit_d),
         "auc": None,
         "eer": None,
         "val_at_far": {float(far): None for far in fars},
@@ -308,8 +342,12 @@ def verification_metrics(
         "n_same": n_pos,
         "n_different": n_neg,
         "folds": n_folds_found,
-        "held_out": held_out,
+        "held_out": protocol != "in-sample",
     }
+    if calibration is not None:
+        n_cal_same = int(fit_same.sum())
+        result["calibration"] = {"n_pairs": int(fit_d.size), "n_same": n_cal_same,
+                                 "n_different": int(fit_d.size) - n_cal_same}
     if n_pos > 0 and n_neg > 0:
         fpr, tpr = fp / n_neg, tp / n_pos
         result["auc"] = _auc(fpr, tpr)

@@ -110,10 +110,7 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
         first = full.skipped[0]
         raise UserError(f"data.strict: {full.skip_summary()} (first: "
                         f"{display_path(first.path)}: {first.reason})")
-    if d.identities_file:
-        full = restrict_identities(full, read_identity_list(d.identities_file),
-                                   f"data.identities_file={d.identities_file}")
-    train_idx, val_idx = split_identities(full, d.val_fraction, cfg.seed)
+    full, train_idx, val_idx = split_for_training(full, cfg)
     val_pairs, val_note = None, ""
     if val_idx is not None:  # drawn before training, so a bad setting fails at once
         val_pairs, val_note = draw_validation_pairs(val_idx.labels, cfg.eval.folds,
@@ -173,6 +170,26 @@ def _worker_ignores_interrupts(worker_id: int) -> None:
     """Ctrl-C reaches the whole process group: workers leave it to the training process,
     which finishes its step and writes a checkpoint before the loader is shut down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def split_for_training(full: ImageFolderIndex, cfg: Config
+                       ) -> tuple[ImageFolderIndex, ImageFolderIndex, ImageFolderIndex | None]:
+    """``(dataset, train split, validation split or None)`` of a run: ``full`` restricted to
+    ``data.identities_file`` (when set), then split by identity with ``seed``."""
+    d = cfg.data
+    if d.identities_file:
+        full = restrict_identities(full, read_identity_list(d.identities_file),
+                                   f"data.identities_file={d.identities_file}")
+    return (full, *split_identities(full, d.val_fraction, cfg.seed))
+
+
+def run_identities(cfg: Config) -> tuple[ImageFolderIndex, list[str]]:
+    """What a run learned from, rebuilt from its config: ``(the training images it sampled
+    (identities with at least ``min_images_per_identity`` images), the names of every identity
+    it saw, validation included)``. Scans ``data.root`` (UserError when it is gone)."""
+    _, train_idx, val_idx = split_for_training(scan_identity_folder(cfg.data.root), cfg)
+    kept = filter_min_images(train_idx, max(2, cfg.data.min_images_per_identity))
+    return kept, kept.classes + (val_idx.classes if val_idx is not None else [])
 
 
 def draw_validation_pairs(

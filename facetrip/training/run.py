@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from facetrip.data.index import ImageFolderIndex
+from facetrip.errors import UserError
 from facetrip.io import atomic_write
 
 METRICS_NAME = "metrics.jsonl"
@@ -69,6 +70,41 @@ class RunDir:
             path.unlink()
 
 
+class TensorBoardScalars:
+    """The rows of ``metrics.jsonl`` mirrored as TensorBoard scalars (``train.tensorboard``):
+    ``train/{loss, lr, images_per_s, active_fraction, mean_d_ap, mean_d_an}`` per step and
+    ``val/{accuracy, auc, eer}`` per epoch, against the global step. A resumed run passes its
+    ``purge_step``: events the killed run logged after its checkpoint are dropped, as the
+    metrics rows are.
+
+    Raises:
+        UserError: the ``tensorboard`` package is not installed.
+    """
+
+    STEP_KEYS = ("loss", "lr", "images_per_s", "active_fraction", "mean_d_ap", "mean_d_an")
+    VAL_KEYS = ("accuracy", "auc", "eer")
+
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("train.tensorboard needs the tensorboard package: "
+                            "pip install 'facetrip[tensorboard]'") from None
+        self._writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        """Log the numbers of one metrics row."""
+        source, keys, prefix = ((row, self.STEP_KEYS, "train") if row.get("type") == "step"
+                                else (row.get("val") or {}, self.VAL_KEYS, "val"))
+        for key in keys:
+            value = source.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(f"{prefix}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class MetricsLog:
     """Appends rows to ``metrics.jsonl``; use as a context manager.
 
@@ -79,9 +115,11 @@ class MetricsLog:
     flushed at epoch ends and by :meth:`flush` (before a checkpoint is written).
     """
 
-    def __init__(self, path: str | Path, append: bool = False, enabled: bool = True) -> None:
+    def __init__(self, path: str | Path, append: bool = False, enabled: bool = True,
+                 tensorboard: TensorBoardScalars | None = None) -> None:
         self.path = Path(path)
         self._file: IO[str] | None = None
+        self._tensorboard = tensorboard
         if not enabled:  # another rank's: it writes nothing
             return
         torn = append and _ends_mid_line(self.path)
@@ -107,10 +145,14 @@ class MetricsLog:
     def _write(self, row: dict[str, Any]) -> None:
         if self._file is not None:
             self._file.write(json.dumps(row) + "\n")
+            if self._tensorboard is not None:
+                self._tensorboard.write(row)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
     def __enter__(self) -> MetricsLog:
         return self

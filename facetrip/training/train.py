@@ -39,7 +39,13 @@ from facetrip.training.checkpoint import (
 )
 from facetrip.training.distributed import DistContext, GlobalTripletLoss
 from facetrip.training.loop import CollapseDetector, StepLog, StepOptions, train_one_epoch, validate
-from facetrip.training.run import MetricsLog, RunDir, truncate_metrics, write_skip_report
+from facetrip.training.run import (
+    MetricsLog,
+    RunDir,
+    TensorBoardScalars,
+    truncate_metrics,
+    write_skip_report,
+)
 from facetrip.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -200,7 +206,10 @@ def train(
     last_val = ckpt.get("val") if ckpt is not None else None
     stop_requested = False
     newest: Path | None = info.checkpoint if info else None
-    with MetricsLog(run.metrics, append=resume, enabled=main) as metrics:
+    tensorboard = (TensorBoardScalars(run.root / "tensorboard",
+                                      purge_step=state.step + 1 if ckpt is not None else None)
+                   if main and cfg.train.tensorboard else None)
+    with MetricsLog(run.metrics, append=resume, enabled=main, tensorboard=tensorboard) as metrics:
 
         def save(val: dict | None) -> dict:
             nonlocal newest

@@ -136,3 +136,67 @@ def test_empty_dataset_and_non_image_files(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_cli("train", "--set", f"data.root={tmp_path / 'empty'}", ok=False)
     assert proc.returncode == 2 and "no identities found" in proc.stderr
+
+
+def _lfw_named_copy(data, dest):
+    """``data/<id>/NN.png`` as LFW names ``dest/<id>/<id>_%04d.png`` (symlinks)."""
+    for folder in sorted(data.iterdir()):
+        (dest / folder.name).mkdir(parents=True)
+        for i, image in enumerate(sorted(folder.iterdir()), start=1):
+            (dest / folder.name / f"{folder.name}_{i:04d}.png").symlink_to(image)
+    return dest
+
+
+def _view1(path, ids):
+    """A View 1 pairs file: 4 same pairs and 4 different pairs among ``ids``."""
+    same = [f"{ids[i]}\t1\t{2 + i % 3}" for i in range(4)]
+    diff = [f"{ids[i]}\t{1 + i % 5}\t{ids[-1 - i]}\t{1 + (i + 2) % 5}" for i in range(4)]
+    path.write_text("\n".join(["4", *same, *diff]) + "\n")
+    return path
+
+
+def test_eval_calibrates_on_other_pairs_and_flags_in_sample_scores(tiny_run, tmp_path):
+    root, data, _ = tiny_run
+    ckpt = root / "run" / "best.pt"
+    lfw = _lfw_named_copy(data, tmp_path / "lfw")
+    ids = sorted(p.name for p in lfw.iterdir())
+    cal = _view1(tmp_path / "pairsDevTrain.txt", ids[:8])
+    test = _view1(tmp_path / "pairsDevTest.txt", ids[8:])
+    out = run_cli("eval", "--checkpoint", ckpt, "--data", lfw, "--out", tmp_path / "ev",
+                  "--pairs", test, "--calibration-pairs", cal, "--also-pairs", test,
+                  "--baseline", "pixels,eigenfaces", "--device", "cpu", "--k", "1,2")
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    ver = m["verification"]
+    assert ver["protocol"] == "calibrated" and ver["calibration"]["n_pairs"] == 8
+    # by hand: embeddings, the calibration pairs' best threshold, the test pairs' accuracy
+    run_cli("embed", lfw, "--checkpoint", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
+    npz = np.load(tmp_path / "e.npz")
+    where = {str(p): i for i, p in enumerate(npz["paths"])}
+
+    def distances(pairs_file):
+        d = []
+        for line in pairs_file.read_text().splitlines()[1:]:
+            t = line.split("\t")
+            (a, i), (b, j) = ((t[0], t[1]), (t[0], t[2])) if len(t) == 3 else \
+                ((t[0], t[1]), (t[2], t[3]))
+            ea = npz["embeddings"][where[f"{a}/{a}_{int(i):04d}.png"]]
+            eb = npz["embeddings"][where[f"{b}/{b}_{int(j):04d}.png"]]
+            d.append(float(np.linalg.norm(ea - eb)))
+        return np.array(d)
+
+    same = np.repeat([True, False], 4)
+    d_cal, d_test = distances(cal), distances(test)
+    candidates = sorted(set(d_cal.tolist()))
+    cuts = [-np.inf] + [(a + b) / 2 for a, b in zip(candidates, candidates[1:])] + [np.inf]
+    best = max(cuts, key=lambda t: (np.mean((d_cal < t) == same), -t))
+    assert ver["accuracy"] == pytest.approx(np.mean((d_test < best) == same), abs=1e-6)
+    assert set(m["baselines"]) == {"pixels", "eigenfaces"}
+    assert m["options"]["eigenfaces_fit"]["identities"] > 0
+    assert m["pair_identities"] == {"identities": 8, "seen_in_training": 8}
+    also = m["also"][str(test)]
+    assert also["verification"]["protocol"] == "in-sample"
+    assert set(also["baselines"]) == {"pixels", "eigenfaces"}
+    assert "IN-SAMPLE" in out.stdout and "OVERLAP: 8 of the 8 people" in out.stdout
+    assert "thresholds chosen on 8 calibration pairs" in out.stdout
+    report = (tmp_path / "ev" / "report.html").read_text()
+    assert "IN-SAMPLE" in report and "Also scored" in report

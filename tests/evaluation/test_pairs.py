@@ -151,10 +151,27 @@ def test_resolve_pairs_reports_missing_and_ambiguous() -> None:
     with pytest.raises(ValueError, match=r"^7 pair image\(s\) not found") as err:
         resolve_pairs(many_missing, ["A/A_0001.jpg"])
     assert str(err.value).count("X/X_") == 5
-    with pytest.raises(ValueError, match="several items"):
+    assert "1 of their identities have no folder" in str(err.value)
+    assert "the items look like ['A/A_0001.jpg']" in str(err.value)
+    with pytest.raises(ValueError, match="several files"):
         resolve_pairs(
             small_pairs(), ["a/A/A_0001.jpg", "b/A/A_0001.jpg", "A/A_0002.jpg", "B/B_0001.jpg"]
         )
+    with pytest.raises(ValueError, match="several files"):
+        resolve_pairs(small_pairs(), ["A/A_0001.png", "A/A_0001.jpg", "A/A_0002.jpg",
+                                      "B/B_0001.jpg"])
+
+
+def test_resolve_pairs_takes_any_image_extension() -> None:
+    paths = ["faces/B/B_0001.pgm", "A/A_0002.PNG", "A/A_0001.png", "A/A_0003.jpg"]
+    idx1, idx2 = resolve_pairs(small_pairs(), paths)
+    assert idx1.tolist() == [2, 2] and idx2.tolist() == [1, 0]
+
+
+def test_a_missing_number_in_an_existing_folder_says_so() -> None:
+    with pytest.raises(ValueError, match="folders exist but hold no such file") as err:
+        resolve_pairs(small_pairs(), ["A/A_0001.png", "A/A_0003.png", "B/B_0001.png"])
+    assert "A/A_0002.*" in str(err.value) and "A/A_0001.png" in str(err.value)
 
 
 # --------------------------------------------------------------------------- generate_pairs

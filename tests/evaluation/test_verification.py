@@ -184,3 +184,46 @@ def test_verification_accepts_tensors() -> None:
     d = torch.tensor([0.1, 0.2, 0.7, 0.9])
     same = torch.tensor([True, True, False, False])
     assert verification_metrics(d, same, n_folds=2)["auc"] == 1.0
+
+
+# --------------------------------------------------------------------------- calibrated protocol
+
+
+def test_calibrated_thresholds_come_from_the_calibration_pairs_by_hand() -> None:
+    # calibration: same at 0.1, 0.3; different at 0.5, 0.7 -> best threshold 0.4 (midpoint)
+    cal_d, cal_same = np.array([0.1, 0.3, 0.5, 0.7]), np.array([True, True, False, False])
+    # test pairs: with t = 0.4, 0.2 (same) and 0.6 (diff) are right, 0.45 (same) and 0.35
+    # (diff) are wrong -> accuracy 2/4; an in-sample threshold would have scored 3/4.
+    d, same = np.array([0.2, 0.45, 0.35, 0.6]), np.array([True, True, False, False])
+    result = verification_metrics(d, same, calibration=(cal_d, cal_same), fars=(0.5,))
+    assert result["protocol"] == "calibrated" and result["held_out"]
+    assert result["threshold"] == pytest.approx(0.4)
+    assert result["accuracy"] == pytest.approx(0.5) and result["accuracy_std"] is None
+    assert result["calibration"] == {"n_pairs": 4, "n_same": 2, "n_different": 2}
+    # FAR <= 0.5 on calibration: largest candidate accepting at most one of {0.5, 0.7}: 0.6.
+    # On the test pairs, 0.6 accepts 0.2, 0.45 (TAR 1.0) and 0.35 but not 0.6 (FAR 0.5).
+    assert result["val_at_far"][0.5] == {"val": 1.0, "val_std": None, "far": 0.5}
+    in_sample = verification_metrics(d, same, n_folds=1)
+    assert in_sample["protocol"] == "in-sample" and not in_sample["held_out"]
+    assert in_sample["accuracy"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_calibrated_accuracy_and_val_match_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    same, cal_same = rng.random(300) < 0.5, rng.random(400) < 0.5
+    d, cal_d = rng.normal(1 - 0.5 * same, 0.4), rng.normal(1 - 0.5 * cal_same, 0.4)
+    cal_d[:50] = np.round(cal_d[:50], 1)  # ties
+    result = verification_metrics(d, same, folds=np.arange(300) % 3,
+                                  calibration=(cal_d, cal_same), fars=(0.1, 0.01))
+    t = brute_best_threshold(cal_d, cal_same)
+    assert result["threshold"] == pytest.approx(t)
+    assert result["accuracy"] == pytest.approx(np.mean((d < t) == same), abs=1e-12)
+    for far in (0.1, 0.01):
+        tf = brute_far_threshold(cal_d, cal_same, far)
+        entry = result["val_at_far"][far]
+        assert entry["val"] == pytest.approx(np.mean(d[same] < tf), abs=1e-12)
+        assert entry["far"] == pytest.approx(np.mean(d[~same] < tf), abs=1e-12)
+    # threshold-free figures are the scored pairs' own
+    assert result["auc"] == pytest.approx(roc_auc_score(same, -d), abs=1e-12)
+    assert result["folds"] == 1 and result["n_pairs"] == 300

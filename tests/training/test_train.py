@@ -51,3 +51,38 @@ def test_resume_keeps_the_saved_config_and_names_every_changed_key(tiny_config, 
         resume_config(tiny_config(tmp_path), other)
     forced, changed = resume_config(tiny_config(tmp_path), other, force=True)
     assert forced.optim.lr == 0.5 and changed == ["optim.lr", "train.epochs", "seed"]
+
+
+def test_tensorboard_scalars_mirror_the_metrics_rows_and_a_resumed_run_continues_them(
+        faces, tmp_path, tiny_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(faces, "sampler.batches_per_epoch=2", "train.epochs=2", "data.workers=0",
+                      "train.tensorboard=true", "data.val_fraction=0")
+    train(cfg, tmp_path / "run")
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+
+    def scalars(tag):
+        events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    for key in ("loss", "lr", "active_fraction", "mean_d_ap", "mean_d_an", "images_per_s"):
+        expected = [(r["step"], r[key]) for r in log.steps]
+        assert [s for s, _ in scalars(f"train/{key}")] == [s for s, _ in expected]
+        np.testing.assert_allclose([v for _, v in scalars(f"train/{key}")],
+                                   [v for _, v in expected], rtol=1e-6)
+    # continue the same run two more epochs: the event files then hold steps 1..8 once each
+    longer = load_config(tmp_path / "run" / "config.yaml", ["train.epochs=4"])
+    train(longer, tmp_path / "run", resume=True)
+    assert [s for s, _ in scalars("train/loss")] == list(range(1, 9))
+
+
+def test_tensorboard_without_the_package_is_a_user_error(faces, tmp_path, tiny_config,
+                                                         monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    cfg = tiny_config(faces, "sampler.batches_per_epoch=1", "train.tensorboard=true",
+                      "data.workers=0")
+    with pytest.raises(UserError, match=r"pip install 'facetrip\[tensorboard\]'"):
+        train(cfg, tmp_path / "run")
