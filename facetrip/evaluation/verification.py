@@ -188,14 +188,6 @@ def _fold_sweeps(d: np.ndarray, same: np.ndarray, fold: np.ndarray, held_out: bo
         yield _threshold_sweep(ds[train], ss[train]), n_neg, ds[test], ss[test]
 
 
-def _calibration_sweep(d: np.ndarray, same: np.ndarray, d_cal: np.ndarray, same_cal: np.ndarray
-                       ) -> Iterator[Sweep]:
-    """One "fold": thresholds fitted on the calibration pairs, all the pairs scored."""
-    order = np.argsort(d_cal, kind="stable")
-    n_neg = int(same_cal.size - same_cal.sum())
-    yield _threshold_sweep(d_cal[order], same_cal[order]), n_neg, d, same
-
-
 def _best_accuracy_index(tp: np.ndarray, fp: np.ndarray, n_neg: int) -> int:
     """Index of the threshold maximising accuracy; the smallest threshold among ties."""
     return int(np.argmax(tp + (n_neg - fp)))
@@ -306,29 +298,26 @@ def verification_metrics(
         them as strings). For the ROC curve itself see :func:`roc_curve`.
     """
     d, same = _as_pairs(distances, issame)
+    n_pos = int(same.sum())
+    n_neg = d.size - n_pos
+    order = np.argsort(d, kind="stable")
+    thresholds, tp, fp = _threshold_sweep(d[order], same[order])
+    sweeps: Iterator[Sweep]
     if calibration is not None:
-        d_cal, same_cal = _as_pairs(*calibration)
+        fit_d, fit_same = _as_pairs(*calibration)
+        fit_order = np.argsort(fit_d, kind="stable")
+        fit = _threshold_sweep(fit_d[fit_order], fit_same[fit_order])
+        fit_neg = int(fit_same.size - fit_same.sum())
         protocol, n_folds_found = "calibrated", 1
-        sweeps = _calibration_sweep(d, same, d_cal, same_cal)
-        fit_d, fit_same = d_cal, same_cal
+        sweeps = iter([(fit, fit_neg, d, same)])  # one "fold": every scored pair
     else:
         fold = _fold_ids(d.size, folds, n_folds)
         n_folds_found = int(np.unique(fold).size)
         protocol = "k-fold" if n_folds_found > 1 else "in-sample"
         sweeps = _fold_sweeps(d, same, fold, protocol == "k-fold")
-        fit_d, fit_same = d, same
+        fit_d, fit_same, fit, fit_neg = d, same, (thresholds, tp, fp), n_neg
     accuracies, val_at_far = _kfold_metrics(sweeps, fars)
-    n_pos = int(same.sum())
-    n_neg = d.size - n_pos
-    order = np.argsort(d, kind="stable")
-    thresholds, tp, fp = _threshold_sweep(d[order], same[order])
-    if calibration is None:
-        best_threshold = thresholds[_best_accuracy_index(tp, fp, n_neg)]
-    else:
-        cal_order = np.argsort(fit_d, kind="stable")
-        cal_thresholds, cal_tp, cal_fp = _threshold_sweep(fit_d[cal_order], fit_same[cal_order])
-        best_threshold = cal_thresholds[_best_accuracy_index(
-            cal_tp, cal_fp, int(fit_same.size - fit_same.sum()))]
+    best_threshold = fit[0][_best_accuracy_index(fit[1], fit[2], fit_neg)]
     result: dict[str, Any] = {
         "protocol": protocol,
         "accuracy": float(np.mean(accuracies)),
