@@ -232,7 +232,9 @@ def evaluate_checkpoint(
     pairs = load_pairs(index, pairs_file, folds, pairs_per_fold, seed)
     calibration = pairs_from_file(calibration_pairs, index.paths) if calibration_pairs else None
     also = {str(f): pairs_from_file(f, index.paths) for f in also_pairs}
-    trained_on, seen = _run_identities(cfg, need_images="eigenfaces" in baselines
+    same_root = bool(d.root) and Path(d.root).resolve() == Path(data_dir).resolve()
+    trained_on, seen = _run_identities(cfg, index if same_root else None,
+                                       need_images="eigenfaces" in baselines
                                        and baseline_fit is None)
     emb = images.embed(model, index, device, flip=flip, progress=progress)
     run_dir = Path(checkpoint).parent
@@ -276,14 +278,16 @@ def evaluate_checkpoint(
     return result
 
 
-def _run_identities(cfg, need_images: bool) -> tuple[ImageFolderIndex | None, list[str] | None]:
-    """The checkpoint's training images and seen identity names, when its data is at hand.
+def _run_identities(cfg, full: ImageFolderIndex | None, need_images: bool
+                    ) -> tuple[ImageFolderIndex | None, list[str] | None]:
+    """The checkpoint's training images and seen identity names, when its data is at hand
+    (``full``: the evaluated dataset's index, when it is the run's ``data.root``).
 
     Raises:
         UserError: ``need_images`` (the eigenfaces fit) and the training data is gone.
     """
     try:
-        return run_identities(cfg)
+        return run_identities(cfg, full)
     except UserError as exc:
         if need_images:
             raise UserError(f"the eigenfaces baseline is fitted on the checkpoint's training "

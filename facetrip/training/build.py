@@ -183,11 +183,15 @@ def split_for_training(full: ImageFolderIndex, cfg: Config
     return (full, *split_identities(full, d.val_fraction, cfg.seed))
 
 
-def run_identities(cfg: Config) -> tuple[ImageFolderIndex, list[str]]:
+def run_identities(cfg: Config, full: ImageFolderIndex | None = None
+                   ) -> tuple[ImageFolderIndex, list[str]]:
     """What a run learned from, rebuilt from its config: ``(the training images it sampled
     (identities with at least ``min_images_per_identity`` images), the names of every identity
-    it saw, validation included)``. Scans ``data.root`` (UserError when it is gone)."""
-    _, train_idx, val_idx = split_for_training(scan_identity_folder(cfg.data.root), cfg)
+    it saw, validation included)``. ``full``: the index of ``data.root`` when the caller has
+    it; otherwise ``data.root`` is scanned (UserError when it is gone)."""
+    if full is None:
+        full = scan_identity_folder(cfg.data.root)
+    _, train_idx, val_idx = split_for_training(full, cfg)
     kept = filter_min_images(train_idx, max(2, cfg.data.min_images_per_identity))
     return kept, kept.classes + (val_idx.classes if val_idx is not None else [])
 
