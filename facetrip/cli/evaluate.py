@@ -34,6 +34,11 @@ def eval_(
         typer.Option(help="Pairs of other people to choose the thresholds on (LFW View 1: "
                           "pairsDevTrain.txt for --pairs pairsDevTest.txt)."),
     ] = None,
+    calibrate_held_out: Annotated[
+        bool,
+        typer.Option(help="Choose the thresholds on the checkpoint's run's validation pairs: "
+                          "people held out of its training (--data must be its data.root)."),
+    ] = False,
     also_pairs: Annotated[
         list[Path] | None,
         typer.Option(help="Also score this pairs file, by its own folds (repeatable; e.g. "
@@ -87,10 +92,12 @@ def eval_(
     baselines = [b.strip() for item in baseline or [] for b in item.split(",") if b.strip()]
     if calibration_pairs is not None and pairs is None:
         raise UserError("--calibration-pairs chooses the thresholds for --pairs: give both")
+    if calibration_pairs is not None and calibrate_held_out:
+        raise UserError("give --calibration-pairs or --calibrate-held-out, not both")
     if embeddings is not None:
-        if baselines or flip or baseline_fit or also_pairs or cache:
-            raise UserError("--baseline, --baseline-fit, --also-pairs, --cache and --flip need "
-                            "images: use --checkpoint and --data")
+        if baselines or flip or baseline_fit or also_pairs or cache or calibrate_held_out:
+            raise UserError("--baseline, --baseline-fit, --also-pairs, --cache, --flip and "
+                            "--calibrate-held-out need images: use --checkpoint and --data")
         result = evaluate_npz(embeddings, pairs, metric, ks, seed, folds, pairs_per_fold,
                               calibration_pairs=calibration_pairs)
         out = out or embeddings.with_suffix("").parent / "eval"
@@ -101,7 +108,7 @@ def eval_(
                                          progress=bar.update,
                                          calibration_pairs=calibration_pairs,
                                          also_pairs=also_pairs or [], baseline_fit=baseline_fit,
-                                         cache=cache)
+                                         cache=cache, calibrate_held_out=calibrate_held_out)
         out = out or checkpoint.parent / "eval"
     atomic_write(out / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
     if result.metrics["skipped"]:

@@ -26,7 +26,7 @@ from facetrip.evaluation.pairs import (
 )
 from facetrip.evaluation.retrieval import retrieval_metrics, retrieval_metrics_and_top1
 from facetrip.evaluation.verification import verification_metrics
-from facetrip.training.build import run_identities
+from facetrip.training.build import run_identities, run_validation_pairs
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 BASELINES = ("pixels", "eigenfaces")
@@ -200,11 +200,14 @@ def evaluate_checkpoint(
     also_pairs: Sequence[str | Path] = (),
     baseline_fit: str | Path | None = None,
     cache: str | Path | None = None,
+    calibrate_held_out: bool = False,
 ) -> Evaluation:
     """Embed ``data_dir`` with the checkpoint's model and preprocessing, then score it.
 
     ``calibration_pairs`` (a pairs file of other people, e.g. LFW ``pairsDevTrain.txt``)
-    chooses the thresholds that score ``pairs_file``; ``also_pairs`` files are scored too, each
+    chooses the thresholds that score ``pairs_file``; so does ``calibrate_held_out``, with the
+    checkpoint's run's validation pairs (people held out of its training; ``data_dir`` must be
+    the run's ``data.root``). ``also_pairs`` files are scored too, each
     by its own folds (``metrics["also"]``), model and baselines. Baselines: ``pixels`` and
     ``eigenfaces``, fitted on the images the checkpoint's run trained on, or on every image of
     ``baseline_fit``. ``cache``: a decoded-image cache directory for ``data_dir`` (built when
@@ -212,8 +215,9 @@ def evaluate_checkpoint(
     image is decoded once.
 
     ``metrics`` holds ``verification``, ``retrieval``, ``baselines`` (``{name: {...}}``),
-    ``also``, ``pair_identities`` (how many of the pairs' people the training run saw) and
-    provenance (``dataset``, ``checkpoint``, ``config``, ``skipped``, ``options``).
+    ``also``, ``pair_identities`` (how many of the pairs' people the training run saw; with
+    calibration, ``calibration_identities`` likewise) and provenance (``dataset``,
+    ``checkpoint``, ``config``, ``skipped``, ``options``).
     """
     baselines = _baseline_list(baseline)
     device = torch.device(device)
@@ -222,6 +226,12 @@ def evaluate_checkpoint(
     d = cfg.data
     transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
                                 crop_box=d.crop_box, grayscale=d.grayscale)
+    same_root = bool(d.root) and Path(d.root).resolve() == Path(data_dir).resolve()
+    if calibrate_held_out and calibration_pairs:
+        raise UserError("give calibration pairs or the run's held-out identities, not both")
+    if calibrate_held_out and not same_root:
+        raise UserError(f"calibrating on the run's held-out identities needs the run's data: "
+                        f"evaluate its data.root ({d.root or 'not recorded'}), not {data_dir}")
     images = ImageSource(transform)
     if cache is not None:
         decoded, _ = load_or_build_cache(data_dir, cache, transform.preprocess)
@@ -231,8 +241,10 @@ def evaluate_checkpoint(
         index = scan_identity_folder(data_dir)
     pairs = load_pairs(index, pairs_file, folds, pairs_per_fold, seed)
     calibration = pairs_from_file(calibration_pairs, index.paths) if calibration_pairs else None
+    calibration_source = str(calibration_pairs) if calibration_pairs else None
+    if calibrate_held_out:
+        calibration, calibration_source = held_out_calibration(cfg, index)
     also = {str(f): pairs_from_file(f, index.paths) for f in also_pairs}
-    same_root = bool(d.root) and Path(d.root).resolve() == Path(data_dir).resolve()
     trained_on, seen = _run_identities(cfg, index if same_root else None,
                                        need_images="eigenfaces" in baselines
                                        and baseline_fit is None)
@@ -242,6 +254,10 @@ def evaluate_checkpoint(
                          root=Path(data_dir),
                          run_dir=run_dir if (run_dir / "metrics.jsonl").is_file() else None)
     result.metrics["pair_identities"] = pair_identities(index, pairs, seen)
+    if calibration is not None:
+        # trained on, not merely validated on: held-out calibration people count as unseen
+        result.metrics["calibration_identities"] = pair_identities(
+            index, calibration, None if trained_on is None else trained_on.classes)
     result.metrics["also"] = {
         name: {"verification": _verification(emb, p, metric)[0], "baselines": {},
                "pair_identities": pair_identities(index, p, seen)}
@@ -268,7 +284,7 @@ def evaluate_checkpoint(
     result.metrics.update(
         dataset={"root": str(data_dir), "images": len(index), "identities": len(index.classes),
                  "pairs_file": str(pairs_file) if pairs_file else None,
-                 "calibration_pairs": str(calibration_pairs) if calibration_pairs else None},
+                 "calibration_pairs": calibration_source},
         checkpoint=str(checkpoint),
         config=ckpt.get("config"),
         skipped=[{"path": s.path, "reason": s.reason} for s in index.skipped],
@@ -276,6 +292,18 @@ def evaluate_checkpoint(
                  "baselines": baselines, "eigenfaces_fit": fitted_on},
     )
     return result
+
+
+def held_out_calibration(cfg, index: ImageFolderIndex) -> tuple[PairIndexList, str]:
+    """``(pairs, description)``: the validation pairs of the run of ``cfg`` (its held-out
+    identities, never trained on), as indices into ``index``, the run's ``data.root``."""
+    val_idx, val_pairs, _ = run_validation_pairs(cfg, index)
+    position = {path: i for i, path in enumerate(index.paths)}
+    items = np.array([position[path] for path in val_idx.paths], dtype=np.int64)
+    pairs = PairIndexList(items[val_pairs.idx1], items[val_pairs.idx2], val_pairs.issame,
+                          val_pairs.fold)
+    return pairs, (f"the run's validation pairs: {len(pairs)} pairs of its "
+                   f"{len(val_idx.classes)} held-out identities")
 
 
 def _run_identities(cfg, full: ImageFolderIndex | None, need_images: bool

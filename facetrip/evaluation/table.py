@@ -120,6 +120,12 @@ def protocol_notes(metrics: dict, pairs_name: str | None = None) -> list[str]:
         n = (ver.get("calibration") or {}).get("n_pairs")
         notes.append(f"thresholds chosen on {n} calibration pairs ({cal or 'another file'}) "
                      f"and applied unchanged to {what}")
+    cal_people = metrics.get("calibration_identities") or {}
+    if cal_people.get("seen_in_training"):
+        notes.append(f"OVERLAP (calibration): {cal_people['seen_in_training']} of the "
+                     f"{cal_people['identities']} people in the calibration pairs were in the "
+                     "model's training run, whose distances it has pulled together: the "
+                     "thresholds are tight for unseen people")
     people = metrics.get("pair_identities") or {}
     seen = people.get("seen_in_training")
     if seen:

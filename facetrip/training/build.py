@@ -196,6 +196,29 @@ def run_identities(cfg: Config, full: ImageFolderIndex | None = None
     return kept, kept.classes + (val_idx.classes if val_idx is not None else [])
 
 
+def run_validation_pairs(cfg: Config, full: ImageFolderIndex | None = None
+                         ) -> tuple[ImageFolderIndex, PairIndexList, str]:
+    """The validation pairs a run drew, rebuilt from its config: ``(held-out split, pairs
+    (indices into it), note)``. Their people were never trained on, so they can choose a
+    threshold for unseen people. ``full``: the index of ``data.root`` when the caller has it.
+
+    Raises:
+        UserError: the run held out no identities, or too few to form pairs.
+    """
+    if full is None:
+        full = scan_identity_folder(cfg.data.root)
+    _, _, val_idx = split_for_training(full, cfg)
+    if val_idx is None:
+        raise UserError(f"the run held out no identities (data.val_fraction="
+                        f"{cfg.data.val_fraction}), so it has no validation pairs")
+    pairs, note = draw_validation_pairs(val_idx.labels, cfg.eval.folds,
+                                        cfg.eval.pairs_per_fold, cfg.seed)
+    if pairs is None:
+        raise UserError(f"the run's {len(val_idx.classes)} held-out identities cannot form "
+                        "validation pairs")
+    return val_idx, pairs, note
+
+
 def draw_validation_pairs(
     labels: np.ndarray, folds: int, pairs_per_fold: int, seed: int
 ) -> tuple[PairIndexList | None, str]:

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from facetrip.config import load_config
+from facetrip.data.index import scan_identity_folder
+from facetrip.evaluation.pairs import generate_pairs
+from facetrip.training.build import split_for_training
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 from facetrip.training.train import train
 from tests.conftest import TINY_CLI as TINY
@@ -155,6 +158,50 @@ def _view1(path, ids):
     return path
 
 
+def _best_threshold(d, same):
+    """Brute force: the smallest cut between sorted distances with the best accuracy."""
+    candidates = sorted(set(d.tolist()))
+    cuts = [-np.inf] + [(a + b) / 2 for a, b in zip(candidates, candidates[1:])] + [np.inf]
+    return max(cuts, key=lambda t: (np.mean((d < t) == same), -t))
+
+
+def test_eval_calibrates_on_the_runs_held_out_identities(tiny_run, tmp_path):
+    root, data, _ = tiny_run
+    ckpt = root / "run" / "best.pt"
+    out = run_cli("eval", "--checkpoint", ckpt, "--data", data, "--out", tmp_path / "ev",
+                  "--calibrate-held-out", "--device", "cpu", "--k", "1,2", "--folds", "2",
+                  "--pairs-per-fold", "20", "--no-report")
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    ver = m["verification"]
+    # by hand: the run's held-out identities from its config, their validation pairs, the
+    # best threshold on them, applied to the drawn pairs
+    cfg = load_config(None, TINY + [f"data.root={data}"])
+    full = scan_identity_folder(data)
+    _, _, val = split_for_training(full, cfg)
+    val_pairs = generate_pairs(val.labels, n_folds=2, pairs_per_fold=10, seed=cfg.seed)
+    run_cli("embed", data, "--checkpoint", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
+    npz = np.load(tmp_path / "e.npz")
+    emb = {str(p): e for p, e in zip(npz["paths"], npz["embeddings"])}
+
+    def distances(index, a, b):
+        return np.array([np.linalg.norm(emb[index.paths[i]] - emb[index.paths[j]])
+                         for i, j in zip(a, b)])
+
+    best = _best_threshold(distances(val, val_pairs.idx1, val_pairs.idx2), val_pairs.issame)
+    test = generate_pairs(full.labels, n_folds=2, pairs_per_fold=20, seed=0)
+    d_test = distances(full, test.idx1, test.idx2)
+    assert ver["protocol"] == "calibrated" and ver["calibration"]["n_pairs"] == 20
+    assert ver["accuracy"] == pytest.approx(np.mean((d_test < best) == test.issame), abs=1e-6)
+    assert m["calibration_identities"] == {"identities": len(val.classes),
+                                           "seen_in_training": 0}
+    assert "held-out identities" in m["dataset"]["calibration_pairs"]
+    assert "thresholds chosen on 20 calibration pairs (the run's validation pairs" in out.stdout
+    assert "OVERLAP (calibration)" not in out.stdout
+    elsewhere = run_cli("eval", "--checkpoint", ckpt, "--data", _lfw_named_copy(
+        data, tmp_path / "copy"), "--calibrate-held-out", "--device", "cpu", ok=False)
+    assert elsewhere.returncode == 2 and "evaluate its data.root" in elsewhere.stderr
+
+
 def test_eval_calibrates_on_other_pairs_and_flags_in_sample_scores(tiny_run, tmp_path):
     root, data, _ = tiny_run
     ckpt = root / "run" / "best.pt"
@@ -186,9 +233,7 @@ def test_eval_calibrates_on_other_pairs_and_flags_in_sample_scores(tiny_run, tmp
 
     same = np.repeat([True, False], 4)
     d_cal, d_test = distances(cal), distances(test)
-    candidates = sorted(set(d_cal.tolist()))
-    cuts = [-np.inf] + [(a + b) / 2 for a, b in zip(candidates, candidates[1:])] + [np.inf]
-    best = max(cuts, key=lambda t: (np.mean((d_cal < t) == same), -t))
+    best = _best_threshold(d_cal, same)
     assert ver["accuracy"] == pytest.approx(np.mean((d_test < best) == same), abs=1e-6)
     assert set(m["baselines"]) == {"pixels", "eigenfaces"}
     assert m["options"]["eigenfaces_fit"]["identities"] > 0
@@ -197,6 +242,8 @@ def test_eval_calibrates_on_other_pairs_and_flags_in_sample_scores(tiny_run, tmp
     assert also["verification"]["protocol"] == "in-sample"
     assert set(also["baselines"]) == {"pixels", "eigenfaces"}
     assert "IN-SAMPLE" in out.stdout and "OVERLAP: 8 of the 8 people" in out.stdout
+    trained = m["calibration_identities"]["seen_in_training"]  # trained on, not validated
+    assert 0 < trained <= 8 and f"OVERLAP (calibration): {trained} of the 8 people" in out.stdout
     assert "thresholds chosen on 8 calibration pairs" in out.stdout
     report = (tmp_path / "ev" / "report.html").read_text()
     assert "IN-SAMPLE" in report and "Also scored" in report

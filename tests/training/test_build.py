@@ -6,7 +6,7 @@ import torch
 
 from facetrip.errors import UserError
 from facetrip.synth import synthesize
-from facetrip.training.build import draw_validation_pairs, load_data
+from facetrip.training.build import draw_validation_pairs, load_data, run_validation_pairs
 
 CPU = torch.device("cpu")
 
@@ -35,6 +35,20 @@ def test_a_request_the_held_out_identities_cannot_meet_is_sized_down_with_a_note
     met = load_data(tiny_config(faces, "data.val_fraction=0.25", "eval.folds=2",
                                 "eval.pairs_per_fold=10"), CPU)
     assert met.val_note == "" and len(met.val_pairs) == 20
+
+
+def test_the_validation_pairs_are_rebuilt_from_the_config_alone(faces, tiny_config):
+    cfg = tiny_config(faces, "data.val_fraction=0.25", "eval.folds=2", "eval.pairs_per_fold=10",
+                      "seed=3")
+    data = load_data(cfg, CPU)
+    val, pairs, note = run_validation_pairs(cfg)
+    assert val.paths == data.val_index.paths and note == data.val_note
+    for name in ("idx1", "idx2", "issame", "fold"):
+        np.testing.assert_array_equal(getattr(pairs, name), getattr(data.val_pairs, name))
+    trained = set(data.index.classes) - set(val.classes)
+    assert trained and not trained & {val.classes[c] for c in val.labels[pairs.idx1]}
+    with pytest.raises(UserError, match="held out no identities"):
+        run_validation_pairs(tiny_config(faces, "data.val_fraction=0"))
 
 
 def test_no_validation_when_not_even_two_folds_can_be_formed():
