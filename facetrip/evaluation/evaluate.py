@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facetrip.config import Config
 from facetrip.data.cache import DecodedCache, load_or_build_cache
 from facetrip.data.dataset import CachedFaceDataset, FaceDataset
 from facetrip.data.index import ImageFolderIndex, scan_identity_folder
@@ -115,11 +116,16 @@ def _evaluation(
     return Evaluation(metrics, distances, pairs, labels, top1, **context)
 
 
+def _people(index: ImageFolderIndex, pairs: PairIndexList) -> set[str]:
+    """The names of the identities in ``pairs``."""
+    return {index.classes[c] for c in index.labels[np.concatenate([pairs.idx1, pairs.idx2])]}
+
+
 def pair_identities(index: ImageFolderIndex, pairs: PairIndexList, seen: Sequence[str] | None
                     ) -> dict:
     """``{"identities": n, "seen_in_training": m or None}``: the people in ``pairs`` and how
     many of them the model's training run saw (``seen``: its identity names, when known)."""
-    names = {index.classes[c] for c in index.labels[np.concatenate([pairs.idx1, pairs.idx2])]}
+    names = _people(index, pairs)
     return {"identities": len(names),
             "seen_in_training": None if seen is None else len(names.intersection(seen))}
 
@@ -216,7 +222,8 @@ def evaluate_checkpoint(
 
     ``metrics`` holds ``verification``, ``retrieval``, ``baselines`` (``{name: {...}}``),
     ``also``, ``pair_identities`` (how many of the pairs' people the training run saw; with
-    calibration, ``calibration_identities`` likewise) and provenance (``dataset``,
+    calibration, ``calibration_identities`` likewise, with ``shared_with_scored``: how many of
+    them are in the scored pairs too) and provenance (``dataset``,
     ``checkpoint``, ``config``, ``skipped``, ``options``).
     """
     baselines = _baseline_list(baseline)
@@ -231,7 +238,8 @@ def evaluate_checkpoint(
         raise UserError("give calibration pairs or the run's held-out identities, not both")
     if calibrate_held_out and not same_root:
         raise UserError(f"calibrating on the run's held-out identities needs the run's data: "
-                        f"evaluate its data.root ({d.root or 'not recorded'}), not {data_dir}")
+                        f"evaluate its data.root ({d.root or 'not recorded'}, relative to where "
+                        f"it was trained), not {data_dir}")
     images = ImageSource(transform)
     if cache is not None:
         decoded, _ = load_or_build_cache(data_dir, cache, transform.preprocess)
@@ -243,7 +251,7 @@ def evaluate_checkpoint(
     calibration = pairs_from_file(calibration_pairs, index.paths) if calibration_pairs else None
     calibration_source = str(calibration_pairs) if calibration_pairs else None
     if calibrate_held_out:
-        calibration, calibration_source = held_out_calibration(cfg, index)
+        calibration, calibration_source = held_out_calibration(cfg, index, ckpt.get("val"))
     also = {str(f): pairs_from_file(f, index.paths) for f in also_pairs}
     trained_on, seen = _run_identities(cfg, index if same_root else None,
                                        need_images="eigenfaces" in baselines
@@ -256,8 +264,10 @@ def evaluate_checkpoint(
     result.metrics["pair_identities"] = pair_identities(index, pairs, seen)
     if calibration is not None:
         # trained on, not merely validated on: held-out calibration people count as unseen
-        result.metrics["calibration_identities"] = pair_identities(
-            index, calibration, None if trained_on is None else trained_on.classes)
+        people = pair_identities(index, calibration,
+                                 None if trained_on is None else trained_on.classes)
+        people["shared_with_scored"] = len(_people(index, calibration) & _people(index, pairs))
+        result.metrics["calibration_identities"] = people
     result.metrics["also"] = {
         name: {"verification": _verification(emb, p, metric)[0], "baselines": {},
                "pair_identities": pair_identities(index, p, seen)}
@@ -294,10 +304,26 @@ def evaluate_checkpoint(
     return result
 
 
-def held_out_calibration(cfg, index: ImageFolderIndex) -> tuple[PairIndexList, str]:
+def held_out_calibration(cfg: Config, index: ImageFolderIndex, recorded: dict | None = None
+                         ) -> tuple[PairIndexList, str]:
     """``(pairs, description)``: the validation pairs of the run of ``cfg`` (its held-out
-    identities, never trained on), as indices into ``index``, the run's ``data.root``."""
+    identities, never trained on), as indices into ``index``, the run's ``data.root``.
+
+    ``recorded``: the checkpoint's validation metrics; the rebuilt pairs must match their
+    counts, or the split was rebuilt from other data than the run's.
+
+    Raises:
+        UserError: no held-out identities, or pairs that are not the ones the run drew.
+    """
     val_idx, val_pairs, _ = run_validation_pairs(cfg, index)
+    want = (recorded or {}).get("n_pairs"), (recorded or {}).get("folds")
+    got = len(val_pairs), int(np.unique(val_pairs.fold).size)
+    if want[0] is not None and want != got:
+        hint = (f" (it trained from the decoded cache {cfg.data.cache}: give --cache "
+                f"{cfg.data.cache})" if cfg.data.cache else "")
+        raise UserError(f"the run's held-out identities cannot be rebuilt from this data: it "
+                        f"validated on {want[0]} pairs in {want[1]} folds, this data gives "
+                        f"{got[0]} in {got[1]}; evaluate the images it trained on{hint}")
     position = {path: i for i, path in enumerate(index.paths)}
     items = np.array([position[path] for path in val_idx.paths], dtype=np.int64)
     pairs = PairIndexList(items[val_pairs.idx1], items[val_pairs.idx2], val_pairs.issame,

@@ -126,6 +126,10 @@ def protocol_notes(metrics: dict, pairs_name: str | None = None) -> list[str]:
                      f"{cal_people['identities']} people in the calibration pairs were in the "
                      "model's training run, whose distances it has pulled together: the "
                      "thresholds are tight for unseen people")
+    if cal_people.get("shared_with_scored"):
+        notes.append(f"OVERLAP (calibration): {cal_people['shared_with_scored']} people are in "
+                     f"both the calibration pairs and {what}: the thresholds were chosen on "
+                     "some of the people they score")
     people = metrics.get("pair_identities") or {}
     seen = people.get("seen_in_training")
     if seen:

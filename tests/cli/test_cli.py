@@ -9,6 +9,8 @@ import torch
 
 from facetrip.config import load_config
 from facetrip.data.index import scan_identity_folder
+from facetrip.errors import UserError
+from facetrip.evaluation.evaluate import held_out_calibration
 from facetrip.evaluation.pairs import generate_pairs
 from facetrip.training.build import split_for_training
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -192,11 +194,19 @@ def test_eval_calibrates_on_the_runs_held_out_identities(tiny_run, tmp_path):
     d_test = distances(full, test.idx1, test.idx2)
     assert ver["protocol"] == "calibrated" and ver["calibration"]["n_pairs"] == 20
     assert ver["accuracy"] == pytest.approx(np.mean((d_test < best) == test.issame), abs=1e-6)
-    assert m["calibration_identities"] == {"identities": len(val.classes),
-                                           "seen_in_training": 0}
+    assert ver["calibration"]["n_pairs"] == load_checkpoint(ckpt)["val"]["n_pairs"]
+    people = m["calibration_identities"]
+    assert people["identities"] == len(val.classes) and people["seen_in_training"] == 0
+    # the drawn pairs are of every identity of data.root, the held-out ones among them
+    shared = {val.classes[c] for c in val.labels} & {full.classes[c] for c in full.labels[
+        np.concatenate([test.idx1, test.idx2])]}
+    assert shared and people["shared_with_scored"] == len(shared)
     assert "held-out identities" in m["dataset"]["calibration_pairs"]
     assert "thresholds chosen on 20 calibration pairs (the run's validation pairs" in out.stdout
-    assert "OVERLAP (calibration)" not in out.stdout
+    assert f"OVERLAP (calibration): {len(shared)} people are in both" in out.stdout
+    assert "were in the model's training run, whose" not in out.stdout
+    with pytest.raises(UserError, match="validated on 99 pairs in 2 folds, this data gives 20"):
+        held_out_calibration(cfg, full, {"n_pairs": 99, "folds": 2})
     elsewhere = run_cli("eval", "--checkpoint", ckpt, "--data", _lfw_named_copy(
         data, tmp_path / "copy"), "--calibrate-held-out", "--device", "cpu", ok=False)
     assert elsewhere.returncode == 2 and "evaluate its data.root" in elsewhere.stderr
