@@ -64,13 +64,17 @@ class TrainData:
 
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, else cpu; anything else is passed to torch."""
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else is passed to torch.
+    ``option``: what the user set, named in the error (a config key or a CLI option)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{option}={name}: not a device; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={name} but CUDA is not available on this machine")
+        raise UserError(f"{option}={name} but CUDA is not available on this machine")
     return device
 
 
