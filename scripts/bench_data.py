@@ -32,6 +32,7 @@ Prints a markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import os
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,17 +52,9 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facetrip.config import Config, load_config  # noqa: E402
-from facetrip.training.build import (  # noqa: E402
-    build_loss,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    load_data,
-    resolve_precision,
-    resolve_workers,
-)
-from facetrip.training.loop import StepLog, StepOptions, train_one_epoch  # noqa: E402
-from facetrip.training.state import TrainState  # noqa: E402
+from facetrip.training.build import resolve_workers  # noqa: E402
+from facetrip.training.loop import StepLog, train_one_epoch  # noqa: E402
+from facetrip.training.train import prepare_run  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 P, K = 32, 4
@@ -121,15 +115,17 @@ def loader_only(loader: Iterable, transform=None, n: int = 3) -> float:
 
 def bench_size(cfg: Config, root: Path, crop: int | None, steps: int, rounds: int,
                cache_dir: Path) -> dict:
-    device = torch.device("cpu")
     per_block = steps + 1
     cfg.sampler.batches_per_epoch = per_block
-    data_jpeg = load_data(cfg, device)
-    cfg.data.cache = str(cache_dir)
+    cfg.train.device = "cpu"
+    run = prepare_run(cfg, cache_dir.parent / "run-jpeg", overwrite=True)
+    cached = copy.deepcopy(cfg)
+    cached.data.cache = str(cache_dir)
     tic = time.perf_counter()
-    data_cache = load_data(cfg, device)  # builds the cache on first use
+    data_cache = prepare_run(cached, cache_dir.parent / "run-cache",
+                             overwrite=True).data  # builds the cache on first use
     cache_seconds = time.perf_counter() - tic
-    cfg.data.cache = None
+    data_jpeg, state, loss_fn = run.data, run.state, run.loss_fn
     plain = plain_torchvision_loader(root, cfg.data.image_size, crop,
                                      resolve_workers(cfg.data.workers), pin=False)
     pk_labels = torch.arange(P).repeat_interleave(K)
@@ -146,19 +142,9 @@ def bench_size(cfg: Config, root: Path, crop: int | None, steps: int, rounds: in
         "c": loader_only(data_cache.train_loader, data_cache.normalize),
         "d": loader_only(Limited(plain, 4)),
     }
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg)
-    optimizer = build_optimizer(cfg, model)
-    state = TrainState(model, optimizer, build_scheduler(cfg, optimizer, per_block))
-    autocast = resolve_precision(cfg.train.precision, device)
     times: dict[str, list[float]] = {m: [] for m in MODES}
     block_ips: dict[str, list[float]] = {m: [] for m in MODES}
-    options = {m: StepOptions(device, cfg.train.channels_last, autocast_dtype=autocast,
-                              batch_transform=transform)
+    options = {m: replace(run.options, batch_transform=transform)
                for m, (_, transform) in loaders.items()}
     train_one_epoch(state, loss_fn, Limited(loaders["a"][0], 2), options["a"])  # warm-up
     loads = [os.getloadavg()[0]]

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,16 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from facetrip.config import load_config  # noqa: E402
-from facetrip.training.build import (  # noqa: E402
-    build_loss,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    load_data,
-    resolve_precision,
-)
-from facetrip.training.loop import StepLog, StepOptions, train_one_epoch  # noqa: E402
-from facetrip.training.state import TrainState  # noqa: E402
+from facetrip.training.loop import StepLog, train_one_epoch  # noqa: E402
+from facetrip.training.train import prepare_run  # noqa: E402
 
 INSIGHTFACE = "insightface reports ~760 img/s per V100 for ResNet-50 at 112 px, fp16"
 FULL = dict(arch="resnet50", size=112, synth_size=128, p=128, k=4, precision="bf16")
@@ -103,17 +96,16 @@ def step_seconds(step, n: int, device: torch.device) -> list[float]:
     return [a.elapsed_time(b) / 1000 for a, b in zip(events, events[1:])]
 
 
-def bench_in_memory(sets: list[str], device: torch.device, warmup: int, steps: int) -> dict:
-    """(a) the model alone and (b) facetrip's step, on one batch already on the device."""
-    cfg = load_config(None, sets + ["data.workers=0"])
-    data = load_data(cfg, device)  # the cache is up to date: opened, not rebuilt
-    images, labels = next(iter(data.train_loader))
-    images = data.normalize(images.to(device)).contiguous(memory_format=torch.channels_last)
+def bench_in_memory(sets: list[str], work: Path, device: torch.device, warmup: int,
+                    steps: int) -> dict:
+    """(a) the model alone and (b) facetrip's step, on one batch already on the device; both
+    from facetrip's own prepared run (data, model, loss, optimiser)."""
+    run = prepare_run(load_config(None, sets + ["data.workers=0"]), work, overwrite=True)
+    images, labels = next(iter(run.data.train_loader))  # the cache is up to date: opened
+    images = run.data.normalize(images.to(device)).contiguous(memory_format=torch.channels_last)
     labels = labels.to(device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
-    loss_fn, optimizer = build_loss(cfg), build_optimizer(cfg, model)
-    dtype = resolve_precision(cfg.train.precision, device)
+    model, optimizer, loss_fn = run.state.model, run.state.optimizer, run.loss_fn
+    dtype = run.options.autocast_dtype
     model.train()
 
     def step() -> None:
@@ -129,10 +121,9 @@ def bench_in_memory(sets: list[str], device: torch.device, warmup: int, steps: i
     alone = step_seconds(step, steps, device)
 
     n = warmup + steps
-    state = TrainState(model, optimizer, build_scheduler(cfg, optimizer, n))
     logs: list[StepLog] = []
-    train_one_epoch(state, loss_fn, [(images, labels)] * n,
-                    StepOptions(device, channels_last=True, autocast_dtype=dtype),
+    train_one_epoch(run.state, loss_fn, [(images, labels)] * n,
+                    replace(run.options, batch_transform=None),
                     on_step=logs.append)
     loop = [s.images / s.images_per_s for s in logs[warmup:]]
     batch = len(labels)
@@ -205,7 +196,7 @@ def main() -> None:
             "optim.name=adamw", f"train.precision={c['precision']}", "train.channels_last=true",
             f"train.device={device.type}", "train.epochs=1", "train.checkpoint_every=0",
             f"sampler.batches_per_epoch={warmup + steps}"]
-    mem = bench_in_memory(sets, device, warmup, steps)
+    mem = bench_in_memory(sets, work / "in-memory", device, warmup, steps)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the model of (a, b) is gone: leave the GPU to (c)
     print(f"model alone: {mem['model_alone_images_per_s']:.0f} img/s, facetrip step in memory: "

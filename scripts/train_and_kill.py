@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import facetrip.training.checkpoint as checkpoint  # noqa: E402
 from facetrip.config import load_config  # noqa: E402
 from facetrip.io import atomic_write  # noqa: E402
+from facetrip.training.hooks import TrainHooks  # noqa: E402
 from facetrip.training.train import train  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("where", choices=["after-step", "in-write"])
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
-    on_step = None
+    hooks = None
     if args.where == "in-write":
         real = checkpoint.atomic_torch_save
 
@@ -51,10 +52,13 @@ def main() -> None:
 
         checkpoint.atomic_torch_save = torn
     else:
-        def on_step(s) -> None:
-            if s.step == args.step:
-                die()
-    train(load_config(None, args.sets), args.out, on_step=on_step)
+        class DieAtStep(TrainHooks):
+            def step(self, log) -> None:
+                if log.step == args.step:
+                    die()
+
+        hooks = DieAtStep()
+    train(load_config(None, args.sets), args.out, hooks=hooks)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from facetrip.cli.app import app
 from facetrip.errors import UserError
+from facetrip.training.hooks import TrainHooks
 
 
 @app.command()
@@ -44,42 +45,105 @@ def train(
 
     Checkpoints are written every train.checkpoint_every steps and at each epoch end; Ctrl-C
     or SIGTERM finishes the step, writes one and exits (130 / 143; a second Ctrl-C exits at
-    once); --resume continues exactly where it stopped. Exit codes: 0 done, 2 a mistake in
-    the input (one line on stderr), 3 the loss diverged (non-finite for
-    train.max_bad_steps steps in a row).
+    once); --resume continues exactly where it stopped (a changed train.epochs extends the
+    learning-rate schedule, as the console says). Exit codes: 0 done, 2 a mistake in the input
+    (one line on stderr), 3 the run diverged (non-finite loss or gradient for
+    train.max_bad_steps steps in a row, weights that became non-finite, or a run whose last
+    steps were all skipped; the last good checkpoint is kept).
 
     Several GPUs or machines: run it under torchrun (torchrun --nproc_per_node 8 -m facetrip
     train ...), or pass --nproc N on one machine. sampler.p identities per batch are the
     global batch, split over the processes; rank 0 logs, validates and writes the run.
     """
     from facetrip.config import load_config
-    from facetrip.training.loop import TrainingDiverged
-    from facetrip.training.train import TrainingStopped
-    from facetrip.training.train import train as run_training
+    from facetrip.training.distributed import DistContext
 
     if nproc < 1:
         raise UserError("--nproc must be >= 1")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise SystemExit(_launch_torchrun(nproc))
-    from facetrip.training.distributed import DistContext
-
-    ctx = DistContext.from_env()
-    if not ctx.is_main:  # the other ranks print nothing but errors
-        logging.getLogger("facetrip").setLevel(logging.ERROR)
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
     if force and not resume:
         raise UserError("--force only applies with --resume")
+    ctx = DistContext.from_env()
+    if not ctx.is_main:  # the other ranks print nothing but errors
+        logging.getLogger("facetrip").setLevel(logging.ERROR)
     cfg = load_config(config, set_ or [])
     run_dir = out or Path("runs") / (config.stem if config else "default")
-    bar: dict = {}
+    again = " ".join(["facetrip", "train", *(["--config", str(config)] if config else []),
+                      *(a for s in (set_ or []) for a in ("--set", shlex.quote(s))),
+                      "--out", shlex.quote(str(run_dir)), "--resume"])
+    result = _run(cfg, run_dir, ctx, again, resume=resume, overwrite=overwrite, force=force)
+    if ctx.is_main:
+        best = (f"best val accuracy {result.best_accuracy:.4f} (epoch {result.best_epoch + 1})"
+                if result.best_accuracy is not None else "no validation split")
+        typer.echo(f"done: {result.steps} steps; {best}; run in {result.run_dir}")
 
-    def on_resume(info) -> None:
+
+def _run(cfg, run_dir: Path, ctx, again: str, **how):
+    """Train under a signal handler with console hooks; each way a run can end becomes its
+    message and exit code (``again``: the command that resumes it)."""
+    from facetrip.training.loop import TrainingDiverged
+    from facetrip.training.train import TrainingStopped, train
+
+    stop = StopOnSignal(quiet=not ctx.is_main)
+    hooks = ConsoleHooks(cfg, stop)
+    try:
+        with stop:
+            return train(cfg, run_dir, hooks=hooks, dist_context=ctx, **how)
+    except TrainingStopped as exc:
+        hooks.close_bar()
+        code = 128 + (stop.signum or signal.SIGTERM)  # another rank's signal stopped this one
+        if ctx.is_main:
+            typer.echo(f"{stop.name}: stopped at step {exc.result.steps}, checkpoint "
+                       f"{exc.result.checkpoint}; resume with:\n  {again}", err=True)
+        raise SystemExit(code) from None
+    except TrainingDiverged as exc:
+        hooks.close_bar()
+        kept = _newest_checkpoint(run_dir)
+        typer.echo(f"error: {exc}; " + (f"the last good checkpoint {kept} is kept" if kept
+                                         else "no checkpoint was written"), err=True)
+        raise SystemExit(3) from None
+    except RuntimeError as exc:
+        if not ctx.distributed:
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        typer.echo(f"error: rank {ctx.rank} of {ctx.world_size}: a collective with the other "
+                   f"ranks failed (one died, or none answered within train.dist_timeout="
+                   f"{cfg.train.dist_timeout:g} s): {first}", err=True)
+        raise SystemExit(1) from None
+    finally:
+        ctx.close()
+
+
+def _newest_checkpoint(run_dir: Path) -> Path | None:
+    from facetrip.training.checkpoint import Checkpoints
+
+    saved = Checkpoints(run_dir).saved()
+    return saved[0] if saved else None
+
+
+class ConsoleHooks(TrainHooks):
+    """What ``facetrip train`` prints as a run goes: the data summary, one progress bar per
+    epoch (counting images, so it shows images/s and the ETA), validation lines; the signal
+    handler decides :meth:`should_stop`."""
+
+    def __init__(self, cfg, stop: StopOnSignal) -> None:
+        self.cfg, self.stop = cfg, stop
+        self.bar: tqdm | None = None
+
+    def should_stop(self) -> bool:
+        return self.stop()
+
+    def resumed(self, info) -> None:
         typer.echo(f"resuming {info.checkpoint}: epoch {info.epoch + 1}, batch {info.batch}, "
                    f"step {info.step}"
                    + (f"; changed: {', '.join(info.changed)}" if info.changed else ""))
+        if info.schedule:
+            typer.echo(f"note: train.epochs changed: {info.schedule}")
 
-    def on_start(data, device) -> None:
+    def started(self, data, device) -> None:
         typer.echo(
             f"train: {data.train_images} images of {data.train_identities} identities"
             + (f" ({data.dropped_identities} identities with too few images left out)"
@@ -92,73 +156,34 @@ def train(
             typer.echo(data.cache_note)
         if data.val_note:
             typer.echo(f"note: {data.val_note}", err=True)
+        p, k = self.cfg.sampler.p, self.cfg.sampler.k
         if len(data.sampler) < 20:
-            typer.echo(f"note: an epoch is only {len(data.sampler)} steps of "
-                       f"{cfg.sampler.p} x {cfg.sampler.k} images; consider "
-                       "--set sampler.batches_per_epoch=N (validation and checkpoints "
-                       "follow epochs)", err=True)
+            typer.echo(f"note: an epoch is only {len(data.sampler)} steps of {p} x {k} images; "
+                       "consider --set sampler.batches_per_epoch=N (validation and "
+                       "checkpoints follow epochs)", err=True)
         if data.skip_summary:
             typer.echo(f"warning: {data.skip_summary}", err=True)
 
-    def on_step(s) -> None:
-        if "bar" not in bar:  # counts images, so the bar shows img/s and the epoch's ETA
-            bar["bar"] = tqdm(total=s.batches * s.images, initial=s.batch * s.images,
-                              desc=f"epoch {s.epoch + 1}", unit="img", smoothing=0.1)
-        b = bar["bar"]
-        b.set_postfix(loss="skipped" if s.loss is None else f"{s.loss:.4f}",
-                      active=f"{s.stats.get('active_fraction', 0):.2f}", refresh=False)
-        b.update(s.images)
-        if s.batch + 1 == s.batches:  # close before validation, so the rate is training only
-            bar.pop("bar").close()
+    def step(self, log) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=log.batches * log.images, initial=log.batch * log.images,
+                            desc=f"epoch {log.epoch + 1}", unit="img", smoothing=0.1)
+        self.bar.set_postfix(loss="skipped" if log.loss is None else f"{log.loss:.4f}",
+                             active=f"{log.stats.get('active_fraction', 0):.2f}", refresh=False)
+        self.bar.update(log.images)
+        if log.batch + 1 == log.batches:  # closed before validation: the rate is training's
+            self.close_bar()
 
-    def on_epoch(epoch, val) -> None:
-        _close_bar(bar)
+    def epoch_end(self, epoch: int, val: dict | None) -> None:
+        self.close_bar()
         if val is not None:
             typer.echo(f"epoch {epoch + 1}: val accuracy {val['accuracy']:.4f} "
                        f"± {val['accuracy_std']:.4f}, auc {val['auc']:.4f}")
 
-    stop = StopOnSignal(quiet=not ctx.is_main)
-    try:
-        with stop:
-            result = run_training(cfg, run_dir, resume=resume, on_start=on_start,
-                                  on_step=on_step, on_epoch=on_epoch, overwrite=overwrite,
-                                  force=force, should_stop=stop, on_resume=on_resume,
-                                  dist_context=ctx)
-    except TrainingStopped as exc:
-        _close_bar(bar)
-        code = 128 + (stop.signum or signal.SIGTERM)  # another rank's signal stopped this one
-        if not ctx.is_main:
-            raise SystemExit(code) from None
-        again = " ".join(["facetrip", "train", *(["--config", str(config)] if config else []),
-                          *(a for s in (set_ or []) for a in ("--set", shlex.quote(s))),
-                          "--out", shlex.quote(str(run_dir)), "--resume"])
-        typer.echo(f"{stop.name}: stopped at step {exc.result.steps}, checkpoint "
-                   f"{exc.result.checkpoint}; resume with:\n  {again}", err=True)
-        raise SystemExit(code) from None
-    except TrainingDiverged as exc:
-        _close_bar(bar)
-        typer.echo(f"error: {exc}; the last good checkpoint in {run_dir} is intact", err=True)
-        raise SystemExit(3) from None
-    except RuntimeError as exc:
-        if not ctx.distributed:
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        typer.echo(f"error: rank {ctx.rank} of {ctx.world_size}: a collective with the other "
-                   f"ranks failed (one died, or none answered within train.dist_timeout="
-                   f"{cfg.train.dist_timeout:g} s): {first}", err=True)
-        raise SystemExit(1) from None
-    finally:
-        ctx.close()
-    if not ctx.is_main:
-        return
-    best = (f"best val accuracy {result.best_accuracy:.4f} (epoch {result.best_epoch + 1})"
-            if result.best_accuracy is not None else "no validation split")
-    typer.echo(f"done: {result.steps} steps; {best}; run in {result.run_dir}")
-
-
-def _close_bar(bar: dict) -> None:
-    if "bar" in bar:
-        bar.pop("bar").close()
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _launch_torchrun(nproc: int) -> int:

@@ -7,16 +7,14 @@ loop, the run directory) receives what these return, never the config itself.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from facetrip.config import Config
+from facetrip.config import Config, config_from_dict
 from facetrip.data.cache import load_or_build_cache
 from facetrip.data.dataset import AugmentCollate, CachedFaceDataset, FaceDataset, SeededItems
 from facetrip.data.decode import display_path
@@ -34,6 +32,7 @@ from facetrip.errors import UserError
 from facetrip.evaluation.pairs import PairIndexList, generate_pairs
 from facetrip.loss import TripletLoss
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
+from facetrip.training.schedule import LRSchedule
 
 log = logging.getLogger(__name__)
 
@@ -310,30 +309,33 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=cfg.optim.lr)
 
 
-def build_scheduler(
-    cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step linear warm-up then cosine decay over the whole run."""
+def build_schedule(cfg: Config, steps_per_epoch: int, ckpt: dict | None = None
+                   ) -> LRSchedule:
+    """The run's learning-rate schedule: warm-up then cosine decay over ``train.epochs``;
+    resuming from ``ckpt``, the checkpoint's schedule, extended (see
+    :mod:`facetrip.training.schedule`) when ``train.epochs`` changed since."""
     total = cfg.train.epochs * steps_per_epoch
-    warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
-    factor = cosine_warmup_lambda(total, warmup, cfg.optim.min_lr / cfg.optim.lr)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if ckpt is None:
+        warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+        return LRSchedule.cosine(total, warmup, cfg.optim.min_lr / cfg.optim.lr)
+    return saved_schedule(ckpt, steps_per_epoch).extended(ckpt["step"], total)
 
 
+def saved_schedule(ckpt: dict, steps_per_epoch: int) -> LRSchedule:
+    """The schedule a checkpoint's run was following."""
+    if "schedule" in ckpt:
+        return LRSchedule.from_dict(ckpt["schedule"])
+    old = config_from_dict(ckpt["config"])  # written before schedules were saved
+    return LRSchedule.cosine(old.train.epochs * steps_per_epoch,
+                             int(round(old.optim.warmup_epochs * steps_per_epoch)),
+                             old.optim.min_lr / old.optim.lr)
 
-def cosine_warmup_lambda(
-    total_steps: int, warmup_steps: int, min_ratio: float = 0.0
-) -> Callable[[int], float]:
-    """LR multiplier for LambdaLR: linear warm-up to 1, then cosine decay to ``min_ratio``."""
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR following ``schedule``. (The schedule is wrapped in a function, so
+    the scheduler's state dict holds plain numbers only.)"""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
 
 
 def build_loss(cfg: Config) -> TripletLoss:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 import logging
 import random
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +104,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's advice to drop weights_only is not for users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / foreign files
+        refused = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(exc))
+        if refused:
+            raise UserError(f"{path} is not a facetrip checkpoint: it holds Python objects "
+                            f"other than tensors and numbers ({refused.group(1)}), which could "
+                            "run code on loading; it was refused and nothing in it was "
+                            "executed") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read checkpoint {path}: {first}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_spec" not in ckpt:

@@ -80,12 +80,12 @@ class TrainingDiverged(Exception):
     """More than ``max_bad_steps`` steps in a row had a non-finite loss or gradient."""
 
 
-def _finite_gradients(parameters: Iterable[torch.Tensor]) -> bool:
-    """True when every gradient is finite (one fused norm over all of them)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
+    """True when every given tensor is finite (one fused norm over all of them)."""
+    present = [t for t in tensors if t is not None]
+    if not present:
         return True
-    norms = torch._foreach_norm(grads)
+    norms = torch._foreach_norm(present)
     return bool(torch.isfinite(torch.stack(norms)).all())
 
 
@@ -114,49 +114,16 @@ def train_one_epoch(
     epoch was finished, False when it was stopped.
 
     Raises:
-        TrainingDiverged: more than ``max_bad_steps`` skipped steps in a row (``None``: never).
+        TrainingDiverged: more than ``max_bad_steps`` skipped steps in a row (``None``: never),
+            or weights that are not finite after an update (nothing is saved after it).
     """
-    model, optimizer, scaler = state.model, state.optimizer, state.scaler
-    device, dtype = options.device, options.autocast_dtype
-    model.train()
+    state.model.train()
     batches = len(loader) if hasattr(loader, "__len__") else -1
     tic = time.perf_counter()
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        if options.batch_transform is not None:
-            images = options.batch_transform(images)
-        if options.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            embeddings = model(images)
-        loss, stats = loss_fn(embeddings.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = float(loss.detach())
-        finite = math.isfinite(loss_value)
-        if finite:
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            # with a scaler, overflowing fp16 gradients are the scaler's to skip and re-scale
-            finite = scaler is not None or _finite_gradients(model.parameters())
-        lr = optimizer.param_groups[0]["lr"]
-        if finite:
-            if options.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            state.bad_steps = 0
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            state.bad_steps += 1
-            state.skipped_steps += 1
-        state.scheduler.step()
+        lr = state.optimizer.param_groups[0]["lr"]
+        loss_value, stats = train_step(state, loss_fn, images, labels, options)
+        finite = loss_value is not None
         batch = state.batch
         state.batch += 1
         state.step += 1
@@ -166,9 +133,8 @@ def train_one_epoch(
         ips = len(labels) / max(toc - tic, 1e-9)
         tic = toc
         if on_step is not None:
-            row_stats = dict(stats) if finite else {"skipped": 1.0}
-            on_step(StepLog(state.epoch, state.step, batch, batches,
-                            loss_value if finite else None, lr, ips, row_stats, len(labels)))
+            on_step(StepLog(state.epoch, state.step, batch, batches, loss_value, lr, ips,
+                            dict(stats) if finite else {"skipped": 1.0}, len(labels)))
         if max_bad_steps is not None and state.bad_steps > max_bad_steps:
             raise TrainingDiverged(
                 f"the loss or its gradient was not finite in {state.bad_steps} steps in a row "
@@ -177,6 +143,68 @@ def train_one_epoch(
         if should_stop is not None and should_stop():
             return state.batch >= batches
     return True
+
+
+def train_step(
+    state: TrainState, loss_fn: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+    options: StepOptions,
+) -> tuple[float | None, dict[str, float]]:
+    """One optimisation step on ``images (B, 3, H, W)``, ``labels (B,)``: forward, loss,
+    backward, update, schedule. Returns ``(loss, mining stats)``, the loss ``None`` for a
+    step skipped before the update (non-finite loss or gradient; ``state.bad_steps`` and
+    ``state.skipped_steps`` count it).
+
+    Raises:
+        TrainingDiverged: the update made a weight non-finite.
+    """
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    device, dtype = options.device, options.autocast_dtype
+    images = images.to(device, non_blocking=True)
+    if options.batch_transform is not None:
+        images = options.batch_transform(images)
+    if options.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = labels.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        embeddings = model(images)
+    loss, stats = loss_fn(embeddings.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss_value = float(loss.detach())
+    finite = math.isfinite(loss_value)
+    if finite:
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        # with a scaler, overflowing fp16 gradients are the scaler's to skip and re-scale
+        finite = scaler is not None or _all_finite(p.grad for p in model.parameters())
+    if finite:
+        _update(state, options.grad_clip)
+        state.bad_steps = 0
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        state.bad_steps += 1
+        state.skipped_steps += 1
+    state.scheduler.step()
+    return (loss_value if finite else None), stats
+
+
+def _update(state: TrainState, grad_clip: float | None) -> None:
+    """Clip, step the optimiser (through the scaler with fp16), and check the weights."""
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if not _all_finite(model.parameters()):
+        raise TrainingDiverged(
+            f"the weights are not finite after the update of step {state.step + 1} (learning "
+            f"rate {optimizer.param_groups[0]['lr']:.3g}): the run diverged; lower optim.lr or "
+            "set train.grad_clip")
 
 
 def validate(

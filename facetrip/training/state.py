@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from facetrip.model import EmbeddingNet
+from facetrip.training.schedule import LRSchedule
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TrainState:
     best_epoch: int | None = None  #: the epoch (0-based) that reached it
     bad_steps: int = 0  #: steps in a row skipped for a non-finite loss or gradient
     skipped_steps: int = 0  #: steps skipped so far in the run, for any reason above
+    schedule: LRSchedule | None = None  #: what ``scheduler`` follows (saved for a resume)
 
     @property
     def net(self) -> EmbeddingNet:
@@ -52,6 +54,8 @@ class TrainState:
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.schedule is not None:
+            state["schedule"] = self.schedule.to_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:

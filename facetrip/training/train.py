@@ -1,16 +1,17 @@
-"""``facetrip train``, the workflow: build everything from the config, run the epochs, keep
-the run directory (:mod:`facetrip.training.run`) and its checkpoints up to date.
+"""``facetrip train``, the workflow in two named steps: :func:`prepare_run` (config -> data,
+model, loss, optimiser, schedule, state and run directory) and :func:`fit` (the epochs, with
+validation, checkpoints and ``metrics.jsonl``), reporting through one :class:`TrainHooks`.
 
-A run can be stopped (``should_stop``, e.g. on SIGTERM) or killed at any point and resumed:
-checkpoints are written every ``train.checkpoint_every`` steps and at each epoch end, and
-``resume`` continues from the newest readable one at the next batch, with the same batches,
-augmentation and random state, so the result is the uninterrupted run's, bit for bit on CPU.
+A run can be stopped (``TrainHooks.should_stop``, e.g. on SIGTERM) or killed at any point and
+resumed: checkpoints are written every ``train.checkpoint_every`` steps and at each epoch end,
+and ``resume`` continues from the newest readable one at the next batch, with the same
+batches, augmentation and random state, so the result is the uninterrupted run's, bit for bit
+on CPU.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from facetrip.training.build import (
     build_loss,
     build_model,
     build_optimizer,
+    build_schedule,
     build_scheduler,
     load_data,
     resolve_device,
     resolve_precision,
+    saved_schedule,
 )
 from facetrip.training.checkpoint import (
     Checkpoints,
@@ -38,7 +41,15 @@ from facetrip.training.checkpoint import (
     set_rng_state,
 )
 from facetrip.training.distributed import DistContext, GlobalTripletLoss
-from facetrip.training.loop import CollapseDetector, StepLog, StepOptions, train_one_epoch, validate
+from facetrip.training.hooks import ResumeInfo, TrainHooks
+from facetrip.training.loop import (
+    CollapseDetector,
+    StepLog,
+    StepOptions,
+    TrainingDiverged,
+    train_one_epoch,
+    validate,
+)
 from facetrip.training.run import (
     MetricsLog,
     RunDir,
@@ -46,6 +57,7 @@ from facetrip.training.run import (
     truncate_metrics,
     write_skip_report,
 )
+from facetrip.training.schedule import set_learning_rate
 from facetrip.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -61,12 +73,11 @@ class TrainResult:
     best_epoch: int | None
     best_accuracy: float | None
     last_val: dict | None
-    stopped: bool = False  #: ``should_stop`` ended it early (a checkpoint was written)
     checkpoint: Path | None = None  #: the newest checkpoint
 
 
 class TrainingStopped(Exception):
-    """The run was asked to stop; its checkpoint is :attr:`checkpoint`."""
+    """The run was asked to stop; its checkpoint is :attr:`result.checkpoint`."""
 
     def __init__(self, result: TrainResult) -> None:
         super().__init__(f"stopped at step {result.steps}; checkpoint {result.checkpoint}")
@@ -74,20 +85,95 @@ class TrainingStopped(Exception):
 
 
 @dataclass
-class ResumeInfo:
-    """What ``--resume`` started from (for the CLI to tell the user)."""
+class PreparedRun:
+    """Everything :func:`fit` needs, built from the config by :func:`prepare_run`."""
 
-    checkpoint: Path
-    epoch: int  #: 0-based epoch it continues
-    batch: int  #: batches of that epoch already done
-    step: int
-    changed: list[str]  #: config keys that differ from the saved run (allowed or forced)
-    skipped: list[str]  #: newer checkpoints that could not be read
+    cfg: Config
+    dir: RunDir
+    ctx: DistContext
+    device: torch.device
+    data: TrainData
+    state: TrainState
+    loss_fn: nn.Module
+    options: StepOptions
+    resumed: ResumeInfo | None = None
+    checkpoint: dict | None = None  #: the checkpoint resumed from (random states, last val)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed for ``(seed, epoch)``: every epoch's randomness is independent of the past."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def prepare_run(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    force: bool = False,
+    dist_context: DistContext | None = None,
+) -> PreparedRun:
+    """Check the run directory, load the data, build the model, loss, optimiser, schedule and
+    state, and (``resume``) restore them from the newest checkpoint.
+
+    ``overwrite`` replaces a run already in ``run_dir``; ``force`` resumes with a changed
+    config. Distributed (``dist_context``, default: torchrun's environment): every rank builds
+    its share of the data and wraps the model in DistributedDataParallel; rank 0 alone writes.
+
+    Raises:
+        UserError: a bad config, data or run directory.
+    """
+    ctx = dist_context or DistContext.from_env()
+    run = RunDir(Path(run_dir))
+    device = ctx.device(str(resolve_device(cfg.train.device)))
+    ctx.init(device, cfg.train.dist_timeout)
+    cfg, ckpt, info = _open_run(cfg, run, resume, overwrite, force, writer=ctx.is_main)
+    if ctx.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+    ctx.barrier()
+    autocast_dtype = resolve_precision(cfg.train.precision, device)
+    data = load_data(cfg, device, ctx.rank, ctx.world_size)
+    if ctx.is_main:
+        report = write_skip_report(data.index, data.excluded, run.skipped)
+        if report is not None and data.skip_summary:
+            data.skip_summary += f"; see {report}"
+    state = _build_state(cfg, data, device, autocast_dtype, ckpt, info)
+    if ctx.distributed:  # after loading: every rank starts from the same weights
+        state.model = nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = build_loss(cfg)
+    if ctx.distributed and cfg.loss.scope == "global":
+        loss_fn = GlobalTripletLoss(loss_fn)
+    options = StepOptions(device, cfg.train.channels_last, cfg.train.grad_clip, autocast_dtype,
+                          data.normalize)
+    return PreparedRun(cfg, run, ctx, device, data, state, loss_fn, options, info, ckpt)
+
+
+def _build_state(cfg: Config, data: TrainData, device: torch.device,
+                 autocast_dtype: torch.dtype | None, ckpt: dict | None,
+                 info: ResumeInfo | None) -> TrainState:
+    """The model, optimiser, schedule and scaler, restored from ``ckpt`` when resuming."""
+    # seeded here, after the data: building a cache draws from torch's generator (DataLoader
+    # seeds), and the initial weights must not depend on whether one was built
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    schedule = build_schedule(cfg, len(data.sampler), ckpt)
+    state = TrainState(
+        model, optimizer, build_scheduler(optimizer, schedule),
+        torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None,
+        schedule=schedule,
+    )
+    if ckpt is not None:
+        state.load_state_dict(ckpt)
+        if schedule != saved_schedule(ckpt, len(data.sampler)):  # train.epochs changed:
+            set_learning_rate(state.scheduler, state.step)  # follow it from the first step
+            info.schedule = schedule.describe(cfg.optim.lr)
+    return state
 
 
 def _open_run(cfg: Config, run: RunDir, resume: bool, overwrite: bool, force: bool,
@@ -121,159 +207,139 @@ def _open_run(cfg: Config, run: RunDir, resume: bool, overwrite: bool, force: bo
     return cfg, None, None
 
 
+def fit(run: PreparedRun, hooks: TrainHooks | None = None) -> TrainResult:
+    """Train the prepared run to ``train.epochs``: validate after every epoch, write
+    ``metrics.jsonl`` (on resume cut back to the checkpoint first, so every step appears
+    once), checkpoints every ``train.checkpoint_every`` steps and after every epoch
+    (``checkpoints/``, ``last.pt``), and ``best.pt`` whenever validation accuracy improves.
+
+    Raises:
+        UserError: a checkpoint cannot be written.
+        TrainingDiverged: too many non-finite steps in a row, weights that became non-finite,
+            or a run whose last steps were all skipped (the last good checkpoint is intact).
+        TrainingStopped: ``hooks.should_stop()`` said so (a checkpoint was written).
+    """
+    hooks = hooks or TrainHooks()
+    main, state = run.ctx.is_main, run.state
+    if main and run.resumed is not None:
+        truncate_metrics(run.dir.metrics, state.step, state.epoch)
+        hooks.resumed(run.resumed)
+    if main:
+        hooks.started(run.data, run.device)
+    tensorboard = (TensorBoardScalars(run.dir.root / "tensorboard", purge_step=state.step + 1
+                                      if run.checkpoint is not None else None)
+                   if main and run.cfg.train.tensorboard else None)
+    with MetricsLog(run.dir.metrics, append=run.resumed is not None, enabled=main,
+                    tensorboard=tensorboard) as metrics:
+        epochs = _Epochs(run, metrics, hooks)
+        while state.epoch < run.cfg.train.epochs:
+            epochs.run_one()
+    if state.bad_steps:
+        raise TrainingDiverged(
+            f"the run's last {state.bad_steps} steps were skipped (a non-finite loss or "
+            "gradient), so it did not train to its end; lower optim.lr or set train.grad_clip")
+    return epochs.result()
+
+
 def train(
     cfg: Config,
     run_dir: str | Path,
     resume: bool = False,
-    on_start: Callable[[TrainData, torch.device], None] | None = None,
-    on_step: Callable[[StepLog], None] | None = None,
-    on_epoch: Callable[[int, dict | None], None] | None = None,
+    hooks: TrainHooks | None = None,
     *,
     overwrite: bool = False,
     force: bool = False,
-    should_stop: Callable[[], bool] | None = None,
-    on_resume: Callable[[ResumeInfo], None] | None = None,
     dist_context: DistContext | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` into ``run_dir``; with ``resume``, continue from its newest checkpoint.
+    """:func:`prepare_run` then :func:`fit`: train ``cfg`` into ``run_dir`` (see both)."""
+    run = prepare_run(cfg, run_dir, resume=resume, overwrite=overwrite, force=force,
+                      dist_context=dist_context)
+    return fit(run, hooks)
 
-    Writes ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per step and per
-    epoch; on resume cut back to the checkpoint first, so every step appears once),
-    checkpoints every ``train.checkpoint_every`` steps and after every epoch
-    (``checkpoints/``, ``last.pt``), and ``best.pt`` whenever validation accuracy improves.
-    ``overwrite`` replaces a run already in ``run_dir``; ``force`` resumes with a changed
-    config. ``should_stop()`` is asked after every step: when true, a checkpoint is written
-    and :class:`TrainingStopped` raised.
 
-    Distributed (``dist_context``, default: torchrun's environment): every rank trains its
-    share of each global batch under DistributedDataParallel, mining per ``loss.scope``; rank 0
-    alone validates, writes the run directory and calls the callbacks; every rank resumes
-    from the same checkpoint (with its own random state); a stop request on any rank stops
-    all of them after the same step.
+class _Epochs:
+    """The epoch loop of :func:`fit` and what it carries from step to step: the last
+    validation, the newest checkpoint, whether a stop was asked."""
 
-    Raises:
-        UserError: a bad config, data or run directory; a checkpoint that cannot be written.
-        TrainingDiverged: too many non-finite steps in a row (the last checkpoint is intact).
-        TrainingStopped: ``should_stop`` said so.
-    """
-    ctx = dist_context or DistContext.from_env()
-    main = ctx.is_main
-    run = RunDir(Path(run_dir))
-    device = ctx.device(str(resolve_device(cfg.train.device)))
-    ctx.init(device, cfg.train.dist_timeout)
-    cfg, ckpt, info = _open_run(cfg, run, resume, overwrite, force, writer=main)
-    if main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.config)
-    ctx.barrier()
+    def __init__(self, run: PreparedRun, metrics: MetricsLog, hooks: TrainHooks) -> None:
+        self.run, self.metrics, self.hooks = run, metrics, hooks
+        self.checkpoints = Checkpoints(run.dir.root, run.cfg.train.keep_checkpoints)
+        self.collapse = CollapseDetector(run.cfg.train.collapse_patience)
+        self.last_val = run.checkpoint.get("val") if run.checkpoint is not None else None
+        self.newest = run.resumed.checkpoint if run.resumed is not None else None
+        self.stop_requested = False
 
-    autocast_dtype = resolve_precision(cfg.train.precision, device)
-    data = load_data(cfg, device, ctx.rank, ctx.world_size)
-    if main:
-        report = write_skip_report(data.index, data.excluded, run.skipped)
-        if report is not None and data.skip_summary:
-            data.skip_summary += f"; see {report}"
-    # seeded here, after the data: building a cache draws from torch's generator (DataLoader
-    # seeds), and the initial weights must not depend on whether one was built
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    state = TrainState(
-        model, optimizer, build_scheduler(cfg, optimizer, len(data.sampler)),
-        torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None,
-    )
-    if ckpt is not None:
-        state.load_state_dict(ckpt)
-        if main:
-            truncate_metrics(run.metrics, state.step, state.epoch)
-            if on_resume is not None:
-                on_resume(info)
-    if ctx.distributed:  # after loading: every rank starts from the same weights
-        state.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if main and on_start is not None:
-        on_start(data, device)
+    def result(self) -> TrainResult:
+        s = self.run.state
+        return TrainResult(self.run.dir.root, self.run.cfg.train.epochs, s.step, s.best_epoch,
+                           s.best_accuracy, self.last_val, checkpoint=self.newest)
 
-    loss_fn = build_loss(cfg)
-    if ctx.distributed and cfg.loss.scope == "global":
-        loss_fn = GlobalTripletLoss(loss_fn)
-    options = StepOptions(device, cfg.train.channels_last, cfg.train.grad_clip, autocast_dtype,
-                          data.normalize)
-    checkpoints = Checkpoints(run.root, cfg.train.keep_checkpoints)
-    collapse = CollapseDetector(cfg.train.collapse_patience)
-    last_val = ckpt.get("val") if ckpt is not None else None
-    stop_requested = False
-    newest: Path | None = info.checkpoint if info else None
-    tensorboard = (TensorBoardScalars(run.root / "tensorboard",
-                                      purge_step=state.step + 1 if ckpt is not None else None)
-                   if main and cfg.train.tensorboard else None)
-    with MetricsLog(run.metrics, append=resume, enabled=main, tensorboard=tensorboard) as metrics:
+    def run_one(self) -> None:
+        """Train, validate and checkpoint the epoch in progress (the rest of it, resumed)."""
+        run, state = self.run, self.run.state
+        epoch = state.epoch
+        self._seed(epoch)
+        run.data.sampler.set_epoch(epoch, state.batch)
+        finished = train_one_epoch(state, run.loss_fn, run.data.train_loader, run.options,
+                                   self.collapse, self.after_step, self.stop,
+                                   run.cfg.train.max_bad_steps)
+        if not finished:
+            self.save(self.last_val)
+            raise TrainingStopped(self.result())
+        self.last_val = None
+        if run.data.val_loader is not None:
+            self.last_val = validate(state.net, run.data.val_loader, run.data.val_pairs,
+                                     run.cfg.eval.metric, run.options)
+        self.metrics.epoch(epoch, state.step, self.last_val,
+                           getattr(run.data.train_loader.dataset, "failures", 0),
+                           state.skipped_steps)
+        acc = None if self.last_val is None else self.last_val["accuracy"]
+        improved = acc is not None and (state.best_accuracy is None or acc > state.best_accuracy)
+        if improved:
+            state.best_accuracy, state.best_epoch = acc, epoch
+        state.epoch, state.batch = epoch + 1, 0
+        saved = self.save(self.last_val)
+        if run.ctx.is_main and (improved or run.data.val_index is None):
+            save_checkpoint(saved, run.dir.best, weights_only=True)
+        if run.ctx.is_main:
+            self.hooks.epoch_end(epoch, self.last_val)
+        if self.stop():
+            raise TrainingStopped(self.result())
 
-        def save(val: dict | None) -> dict:
-            nonlocal newest
-            rngs = ctx.gather_objects(rng_state()) if ctx.distributed else None
-            saved = checkpoint_dict(state, cfg, val, rngs)
-            if main:
-                metrics.flush()  # the log is never behind a checkpoint
-                newest = checkpoints.save(saved)
-            return saved
+    def _seed(self, epoch: int) -> None:
+        """A new epoch is seeded from ``(seed, epoch)``; a resumed one continues from its
+        checkpoint's random state (this rank's)."""
+        run, ckpt = self.run, self.run.checkpoint
+        if run.state.batch == 0:
+            torch.manual_seed(epoch_seed(run.cfg.seed, epoch))
+        elif ckpt is not None and "rng" in ckpt:
+            ranks = ckpt.get("rng_ranks", [ckpt["rng"]])
+            ctx = run.ctx
+            set_rng_state(ranks[ctx.rank] if len(ranks) == ctx.world_size else ckpt["rng"])
 
-        def after_step(s: StepLog) -> None:
-            if ctx.distributed:  # every rank holds an equal share: count the whole job's
-                s = replace(s, images=s.images * ctx.world_size,
-                            images_per_s=s.images_per_s * ctx.world_size)
-            metrics.step(s.epoch, s.step, s.loss, s.lr, s.images_per_s, s.stats)
-            every = cfg.train.checkpoint_every
-            if every and state.step % every == 0 and state.batch < len(data.sampler):
-                save(last_val)
-            if main and on_step is not None:
-                on_step(s)
+    def save(self, val: dict | None) -> dict:
+        """Checkpoint the state (every rank's random state gathered to rank 0, which writes)."""
+        ctx = self.run.ctx
+        rngs = ctx.gather_objects(rng_state()) if ctx.distributed else None
+        saved = checkpoint_dict(self.run.state, self.run.cfg, val, rngs)
+        if ctx.is_main:
+            self.metrics.flush()  # the log is never behind a checkpoint
+            self.newest = self.checkpoints.save(saved)
+        return saved
 
-        def stop() -> bool:
-            nonlocal stop_requested
-            asked = stop_requested or (should_stop is not None and should_stop())
-            stop_requested = ctx.all_agree(asked, device)
-            return stop_requested
+    def after_step(self, s: StepLog) -> None:
+        ctx, state = self.run.ctx, self.run.state
+        if ctx.distributed:  # every rank holds an equal share: count the whole job's
+            s = replace(s, images=s.images * ctx.world_size,
+                        images_per_s=s.images_per_s * ctx.world_size)
+        self.metrics.step(s.epoch, s.step, s.loss, s.lr, s.images_per_s, s.stats)
+        every = self.run.cfg.train.checkpoint_every
+        if every and state.step % every == 0 and state.batch < len(self.run.data.sampler):
+            self.save(self.last_val)
+        if ctx.is_main:
+            self.hooks.step(s)
 
-        def stopped() -> TrainingStopped:
-            return TrainingStopped(TrainResult(
-                run.root, cfg.train.epochs, state.step, state.best_epoch, state.best_accuracy,
-                last_val, stopped=True, checkpoint=newest))
-
-        while state.epoch < cfg.train.epochs:
-            epoch = state.epoch
-            if state.batch == 0:  # a resumed epoch continues from its checkpoint's state
-                torch.manual_seed(epoch_seed(cfg.seed, epoch))
-            elif ckpt is not None and "rng" in ckpt:
-                ranks = ckpt.get("rng_ranks", [ckpt["rng"]])
-                set_rng_state(ranks[ctx.rank] if len(ranks) == ctx.world_size else ckpt["rng"])
-            data.sampler.set_epoch(epoch, state.batch)
-            finished = train_one_epoch(state, loss_fn, data.train_loader, options, collapse,
-                                       after_step, stop, cfg.train.max_bad_steps)
-            if not finished:
-                save(last_val)
-                raise stopped()
-            last_val = None
-            if data.val_loader is not None:
-                last_val = validate(state.net, data.val_loader, data.val_pairs,
-                                    cfg.eval.metric, options)
-            metrics.epoch(epoch, state.step, last_val,
-                          getattr(data.train_loader.dataset, "failures", 0),
-                          state.skipped_steps)
-            acc = None if last_val is None else last_val["accuracy"]
-            improved = acc is not None and (state.best_accuracy is None
-                                            or acc > state.best_accuracy)
-            if improved:
-                state.best_accuracy, state.best_epoch = acc, epoch
-            state.epoch, state.batch = epoch + 1, 0
-            saved = save(last_val)
-            if main and (improved or data.val_index is None):
-                save_checkpoint(saved, run.best, weights_only=True)
-            if main and on_epoch is not None:
-                on_epoch(epoch, last_val)
-            if stop():
-                raise stopped()
-    return TrainResult(run.root, cfg.train.epochs, state.step, state.best_epoch,
-                       state.best_accuracy, last_val, checkpoint=newest)
+    def stop(self) -> bool:
+        asked = self.stop_requested or self.hooks.should_stop()
+        self.stop_requested = self.run.ctx.all_agree(asked, self.run.device)
+        return self.stop_requested

@@ -14,6 +14,7 @@ from facetrip.evaluation.evaluate import held_out_calibration
 from facetrip.evaluation.pairs import generate_pairs
 from facetrip.training.build import split_for_training
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
+from facetrip.training.hooks import TrainHooks
 from facetrip.training.train import train
 from tests.conftest import TINY_CLI as TINY
 from tests.conftest import as_sets as _sets
@@ -51,11 +52,12 @@ def test_an_interrupted_run_resumes_exactly(tiny_run, tmp_path):
     sets = _sets(TINY + [f"data.root={data}"])
     cfg = load_config(None, TINY + [f"data.root={data}"])
 
-    def interrupt(epoch, val):
-        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
+    class Interrupt(TrainHooks):
+        def epoch_end(self, epoch, val):
+            raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "r", on_epoch=interrupt)
+        train(cfg, tmp_path / "r", hooks=Interrupt())
     refused = run_cli("train", *sets, "--out", tmp_path / "r", ok=False)
     assert refused.returncode == 2 and "--resume" in refused.stderr
     changed = run_cli("train", *sets, "--set", "seed=1", "--out", tmp_path / "r", "--resume",

@@ -18,6 +18,7 @@ from facetrip.data.index import filter_min_images, scan_identity_folder
 from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
 from facetrip.training.build import load_data
+from facetrip.training.hooks import TrainHooks
 from facetrip.training.train import train
 
 NON_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # a name that is not valid UTF-8 on disk
@@ -133,8 +134,13 @@ def test_the_cache_build_finds_the_same_files_by_full_decode(bad_dataset, tmp_pa
 def test_a_run_reports_skips_and_excluded_identities_and_strict_refuses(bad_dataset, tmp_path,
                                                                       tiny_config):
     seen = {}
+
+    class Started(TrainHooks):
+        def started(self, data, device):
+            seen.update(data=data)
+
     train(tiny_config(bad_dataset, "sampler.batches_per_epoch=1"), tmp_path / "run",
-          on_start=lambda data, device: seen.update(data=data))
+          hooks=Started())
     data, report = seen["data"], tmp_path / "run" / "skipped.txt"
     assert data.skip_summary.startswith("skipped 7 files: 2 not an image")
     assert data.skip_summary.endswith(f"; see {report}")

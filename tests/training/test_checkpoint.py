@@ -1,6 +1,7 @@
 """Checkpoints: TrainState round trip, weights-only loading, refusal of foreign files."""
 
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from facetrip.config import Config, config_to_dict
 from facetrip.errors import UserError
 from facetrip.model import EmbeddingNet, ModelSpec
-from facetrip.training.build import build_optimizer, build_scheduler
+from facetrip.training.build import build_optimizer, build_schedule, build_scheduler
 from facetrip.training.checkpoint import (
     checkpoint_dict,
     load_checkpoint,
@@ -23,7 +24,9 @@ def _state(seed=0):
     cfg = Config()
     model = EmbeddingNet(ModelSpec(embedding_dim=8))
     optimizer = build_optimizer(cfg, model)
-    return cfg, TrainState(model, optimizer, build_scheduler(cfg, optimizer, 5))
+    schedule = build_schedule(cfg, 5)
+    return cfg, TrainState(model, optimizer, build_scheduler(optimizer, schedule),
+                           schedule=schedule)
 
 
 def _one_step(state):
@@ -78,6 +81,14 @@ def test_corrupt_foreign_and_malicious_files_are_one_line_errors(tmp_path, monke
         load_checkpoint(tmp_path / "foreign.pt")
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"model": _Evil(), "model_spec": {}}, f, protocol=2)
-    with pytest.raises(UserError, match="cannot read checkpoint"):
-        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"model": _Evil(), "model_spec": {}}, tmp_path / "evil-zip.pt")
+    for name in ("evil.pt", "evil-zip.pt"):  # the legacy and the zip format
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # facetrip's own words, no torch warning
+            with pytest.raises(UserError) as refused:
+                load_checkpoint(tmp_path / name)
+        message = str(refused.value)
+        assert "\n" not in message and "weights_only" not in message
+        assert message.startswith(f"{tmp_path / name} is not a facetrip checkpoint")
+        assert message.endswith("it was refused and nothing in it was executed")
     assert not (tmp_path / "PWNED").exists()

@@ -1,6 +1,3 @@
-import pytest
-
-from facetrip.training.build import cosine_warmup_lambda
 from facetrip.training.loop import CollapseDetector
 
 COLLAPSED = {"mean_pairwise_distance": 1e-5, "mean_d_an": 1e-5, "n_triplets": 10.0}
@@ -20,9 +17,3 @@ def test_a_healthy_step_resets_and_empty_batches_are_not_evidence():
     empty = CollapseDetector(patience=2)
     assert not any(empty.update(EMPTY) for _ in range(5))
 
-
-def test_warmup_then_cosine():
-    f = cosine_warmup_lambda(total_steps=110, warmup_steps=10, min_ratio=0.1)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55)
-    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)

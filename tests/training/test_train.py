@@ -1,5 +1,8 @@
 """The training workflow: the run directory it keeps, what it refuses, what resume may change."""
 
+import math
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,8 +10,11 @@ from PIL import Image
 from facetrip.config import changed_keys, load_config, resume_config
 from facetrip.errors import UserError
 from facetrip.training.checkpoint import load_checkpoint
+from facetrip.training.hooks import TrainHooks
+from facetrip.training.loop import TrainingDiverged
 from facetrip.training.run import read_metrics
-from facetrip.training.train import train
+from facetrip.training.train import fit, prepare_run, train
+from tests.conftest import TINY_RUN, as_sets
 
 
 @pytest.fixture
@@ -86,3 +92,82 @@ def test_tensorboard_without_the_package_is_a_user_error(faces, tmp_path, tiny_c
                       "data.workers=0")
     with pytest.raises(UserError, match=r"pip install 'facetrip\[tensorboard\]'"):
         train(cfg, tmp_path / "run")
+
+
+class _Heard(TrainHooks):
+    def __init__(self):
+        self.resumed_info = None
+
+    def resumed(self, info):
+        self.resumed_info = info
+
+
+def test_extending_a_finished_run_restarts_its_schedule_from_the_first_new_step(
+        faces, tmp_path, tiny_config):
+    lr = 0.01
+    cfg = tiny_config(faces, "sampler.batches_per_epoch=2", "train.epochs=3", "data.workers=0",
+                      "optim.warmup_epochs=0", f"optim.lr={lr}", "optim.min_lr=0.001")
+    train(cfg, tmp_path / "run")
+    first = read_metrics(tmp_path / "run" / "metrics.jsonl").steps
+    assert first[-1]["lr"] == pytest.approx(0.001 + 0.009 * (1 + math.cos(math.pi * 5 / 6)) / 2)
+    heard = _Heard()
+    longer = load_config(tmp_path / "run" / "config.yaml", ["train.epochs=6"])
+    train(longer, tmp_path / "run", resume=True, hooks=heard)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl").steps
+    assert [r["lr"] for r in rows[:6]] == [r["lr"] for r in first]  # the past is unchanged
+    # steps 7..12: a warm restart at optim.lr, cosine down to min_lr at the new end
+    want = [0.001 + 0.009 * (1 + math.cos(math.pi * i / 6)) / 2 for i in range(6)]
+    np.testing.assert_allclose([r["lr"] for r in rows[6:]], want, rtol=1e-9)
+    assert heard.resumed_info.schedule == ("the learning rate restarts at 0.01 at step 6 and "
+                                           "decays (cosine) to 0.001 at step 12")
+    # resuming the extended run again changes nothing: its checkpoint holds the schedule
+    again = _Heard()
+    train(load_config(tmp_path / "run" / "config.yaml", ["train.epochs=6"]), tmp_path / "run",
+          resume=True, hooks=again)
+    assert again.resumed_info.schedule == ""
+
+
+def test_weights_that_become_non_finite_stop_the_run_before_anything_is_saved(
+        faces, tmp_path, tiny_config):
+    cfg = tiny_config(faces, "sampler.batches_per_epoch=2", "train.epochs=3", "data.workers=0",
+                      "optim.lr=1e30", "optim.warmup_epochs=0")
+    with pytest.raises(TrainingDiverged, match="weights are not finite after the update of "
+                                               "step 1"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+
+
+def test_a_run_whose_last_step_was_skipped_does_not_end_as_done(faces, tmp_path, tiny_config):
+    cfg = tiny_config(faces, "sampler.batches_per_epoch=2", "train.epochs=2", "data.workers=0")
+    run = prepare_run(cfg, tmp_path / "run")
+    real, calls = run.loss_fn, []
+
+    def nan_on_the_last_step(embeddings, labels):
+        calls.append(1)
+        loss, stats = real(embeddings, labels)
+        return (loss * float("nan") if len(calls) == 4 else loss), stats
+
+    run.loss_fn = nan_on_the_last_step
+    with pytest.raises(TrainingDiverged, match="last 1 steps were skipped"):
+        fit(run)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")  # the epoch's checkpoint: finite
+    assert last["step"] == 4 and all(t.isfinite().all() for t in last["model"].values()
+                                     if t.is_floating_point())
+
+
+def test_the_cli_exits_3_and_never_says_done_for_a_diverged_run(faces, tmp_path, monkeypatch,
+                                                                 capfd):
+    from facetrip.cli import main
+
+    args = [f"data.root={faces}", *TINY_RUN, "sampler.batches_per_epoch=2", "train.epochs=3",
+            "data.workers=0", "optim.lr=1e30", "optim.warmup_epochs=0"]
+    monkeypatch.setattr(sys, "argv", ["facetrip", "train", *as_sets(args),
+                                      "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as done:
+        main()
+    out, err = capfd.readouterr()
+    assert done.value.code == 3 and "done" not in out
+    assert err.strip().splitlines()[-1] == (
+        "error: the weights are not finite after the update of step 1 (learning rate 1e+30): "
+        "the run diverged; lower optim.lr or set train.grad_clip; no checkpoint was written")
