@@ -40,8 +40,10 @@ lfw: install
 test: install
 	$(BIN)/python -m pytest
 
+# ruff, then the layering contract of pyproject.toml (imports point one way, no package cycle)
 lint: install
 	$(BIN)/ruff check facetrip tests scripts
+	$(BIN)/lint-imports
 
 bench: bench-mining bench-eval bench-data bench-embed
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from facetrip.version import __version__
+
 if TYPE_CHECKING:
     from facetrip.deploy.embedder import Embedder
     from facetrip.model import EmbeddingNet
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "load_embedder", "load_model"]
 
 

@@ -43,9 +43,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facetrip.evaluation.knn import DEFAULT_CHUNK_SIZE  # noqa: E402
-from facetrip.evaluation.retrieval import retrieval_metrics  # noqa: E402
-from facetrip.evaluation.verification import verification_metrics  # noqa: E402
+from facetrip.metrics.knn import DEFAULT_CHUNK_SIZE  # noqa: E402
+from facetrip.metrics.retrieval import retrieval_metrics  # noqa: E402
+from facetrip.metrics.verification import verification_metrics  # noqa: E402
 
 NOISE = 1.5  # noise norm relative to the unit class centre: same-class cosine ~ 1 / (1 + 1.5^2)
 #: ``facetrip eval --embeddings`` on 200,000 x 128 must stay under these on 2 CPU cores

@@ -5,7 +5,7 @@ thresholds at a target false-accept rate. :func:`calibrate` recovers them exactl
 (or rereads) the same pairs from the ``dataset``, ``options`` and pair counts recorded there,
 embeds the images in them with the checkpoint, checks that the result is what ``eval``
 reported (so a metrics file of another model or of changed data is refused), and fits every
-threshold on those pairs (:func:`~facetrip.evaluation.verification.operating_points`).
+threshold on those pairs (:func:`~facetrip.metrics.verification.operating_points`).
 
 Those thresholds are fitted on the pairs they are then scored on: the accuracy, TAR and FAR
 beside them are in-sample; the k-fold ``held_out_accuracy`` is the honest estimate. The
@@ -30,8 +30,8 @@ from facetrip.data.index import ImageFolderIndex, scan_identity_folder
 from facetrip.data.transforms import build_transform
 from facetrip.errors import UserError
 from facetrip.evaluation.evaluate import embed_index, load_pairs
-from facetrip.evaluation.pairs import pair_distances
-from facetrip.evaluation.verification import operating_points, verification_metrics
+from facetrip.metrics.pairs import pair_distances
+from facetrip.metrics.verification import operating_points, verification_metrics
 
 FARS = (1e-2, 1e-3, 1e-4)
 #: how far the re-embedded pairs may score from metrics.json (different BLAS, batches, device)

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from facetrip import __version__
 from facetrip.data.crop import crop_region
 from facetrip.data.decode import ImageError, decode_rgb, probe_image
 from facetrip.data.index import list_dataset
@@ -32,6 +31,7 @@ from facetrip.deploy.sidecar import FORMATS, fingerprint, preprocessing, sidecar
 from facetrip.errors import UserError
 from facetrip.io import atomic_write
 from facetrip.model import EmbeddingNet
+from facetrip.version import __version__
 
 PARITY_LIMIT = 1e-4
 PARITY_IMAGES = 16

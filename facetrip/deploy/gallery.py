@@ -6,7 +6,7 @@ per identity, and the fingerprint of the model that made them
 model (a checkpoint or any export of it).
 
 Search is exact: the gallery's embeddings are memory-mapped from the npz (never loaded
-whole) and scanned in blocks of rows, each with :func:`facetrip.evaluation.knn.knn` (itself
+whole) and scanned in blocks of rows, each with :func:`facetrip.metrics.knn.knn` (itself
 chunked over the probes), the blocks' best merged; memory stays at about ``chunk_size x
 block_rows`` distances whatever the gallery's size. Ties go to the lower gallery index.
 """
@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from facetrip import __version__
 from facetrip.data.decode import display_path
 from facetrip.data.index import SkippedFile, scan_identity_folder
 from facetrip.deploy.embed import iter_folder_embeddings
 from facetrip.errors import UserError
-from facetrip.evaluation.knn import DEFAULT_CHUNK_SIZE, knn
 from facetrip.io import atomic_write
+from facetrip.metrics.knn import DEFAULT_CHUNK_SIZE, knn
+from facetrip.version import __version__
 
 GALLERY_VERSION = 1
 BLOCK_ROWS = 65536

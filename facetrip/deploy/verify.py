@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from facetrip.deploy.calibration import choose_threshold
-from facetrip.evaluation.pairs import PairIndexList, pair_distances
+from facetrip.metrics.pairs import PairIndexList, pair_distances
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,17 @@ from facetrip.data.dataset import CachedFaceDataset, FaceDataset
 from facetrip.data.index import ImageFolderIndex, scan_identity_folder
 from facetrip.data.transforms import FaceTransform, Normalize, build_transform
 from facetrip.errors import UserError
-from facetrip.evaluation.eigenfaces import Eigenfaces, GreyPixels
-from facetrip.evaluation.embedding import PixelEmbedder, embed_all
-from facetrip.evaluation.pairs import (
+from facetrip.evaluation.baselines import Eigenfaces, GreyPixels, PixelEmbedder
+from facetrip.metrics.embedding import embed_all
+from facetrip.metrics.pairs import (
     PairIndexList,
     generate_pairs,
     pair_distances,
     read_pairs,
     resolve_pairs,
 )
-from facetrip.evaluation.retrieval import retrieval_metrics, retrieval_metrics_and_top1
-from facetrip.evaluation.verification import verification_metrics
+from facetrip.metrics.retrieval import retrieval_metrics, retrieval_metrics_and_top1
+from facetrip.metrics.verification import verification_metrics
 from facetrip.training.build import run_identities, run_validation_pairs
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -166,11 +166,6 @@ class ImageSource:
         normalize: Normalize = self.transform.normalize
         return embed_all(model, loader, device, batch_transform=normalize, flip=flip,
                          progress=progress)[0]
-
-
-def pixel_embeddings(index: ImageFolderIndex, transform: Callable) -> np.ndarray:
-    """The raw-pixel baseline (:class:`PixelEmbedder`) of every image of ``index``."""
-    return embed_index(PixelEmbedder(), index, transform, torch.device("cpu"))
 
 
 def fit_eigenfaces(index: ImageFolderIndex, images: ImageSource,

@@ -36,8 +36,8 @@ from PIL import Image
 
 from facetrip.evaluation.table import columns, metric_rows, protocol_notes
 from facetrip.evaluation.table import fmt as _fmt
-from facetrip.evaluation.verification import roc_curve
 from facetrip.io import atomic_write
+from facetrip.metrics.verification import roc_curve
 from facetrip.training.run import RunLog, read_metrics
 
 if TYPE_CHECKING:  # annotations only: no import-time dependency on the eval workflow

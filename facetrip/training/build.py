@@ -29,8 +29,8 @@ from facetrip.data.index import (
 from facetrip.data.sampler import PKSampler, SeededBatchSampler
 from facetrip.data.transforms import BatchAugment, Normalize, preprocess_from_config
 from facetrip.errors import UserError
-from facetrip.evaluation.pairs import PairIndexList, generate_pairs
 from facetrip.loss import TripletLoss
+from facetrip.metrics.pairs import PairIndexList, generate_pairs
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
 from facetrip.training.schedule import LRSchedule
 

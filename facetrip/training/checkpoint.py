@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetrip import __version__
 from facetrip.config import Config, config_from_dict, config_to_dict
 from facetrip.errors import UserError
 from facetrip.io import atomic_link, atomic_torch_save
 from facetrip.model import EmbeddingNet, ModelSpec
 from facetrip.training.state import TrainState
+from facetrip.version import __version__
 
 log = logging.getLogger(__name__)
 

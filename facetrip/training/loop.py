@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from facetrip.evaluation.embedding import embed_all
-from facetrip.evaluation.pairs import PairIndexList, pair_distances
-from facetrip.evaluation.verification import verification_metrics
+from facetrip.metrics.embedding import embed_all
+from facetrip.metrics.pairs import PairIndexList, pair_distances
+from facetrip.metrics.verification import verification_metrics
 from facetrip.training.state import TrainState
 
 log = logging.getLogger(__name__)

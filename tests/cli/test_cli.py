@@ -11,7 +11,7 @@ from facetrip.config import load_config
 from facetrip.data.index import scan_identity_folder
 from facetrip.errors import UserError
 from facetrip.evaluation.evaluate import held_out_calibration
-from facetrip.evaluation.pairs import generate_pairs
+from facetrip.metrics.pairs import generate_pairs
 from facetrip.training.build import split_for_training
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 from facetrip.training.hooks import TrainHooks

@@ -9,7 +9,7 @@ import pytest
 
 from facetrip.deploy.calibration import calibrate, choose_threshold, find_calibration
 from facetrip.errors import UserError
-from facetrip.evaluation.verification import operating_points, verification_metrics
+from facetrip.metrics.verification import operating_points, verification_metrics
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.deploy.models import random_checkpoint
 

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from facetrip.evaluation.evaluate import Evaluation, score_embeddings
-from facetrip.evaluation.knn import knn
-from facetrip.evaluation.pairs import PairIndexList, generate_pairs
 from facetrip.evaluation.report import PNG_PREFIX, write_report
+from facetrip.metrics.knn import knn
+from facetrip.metrics.pairs import PairIndexList, generate_pairs
 
 SECTIONS = ("summary", "roc", "distances", "training", "false-accepts", "false-rejects",
             "retrieval-failures")

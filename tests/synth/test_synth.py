@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from facetrip.synth.faces import (
@@ -140,11 +141,13 @@ def test_raw_pixels_verify_identities_poorly(tmp_path: Path) -> None:
     # protocol as the demo's eval (32 px, standardised pixels, 10-fold) on a smaller set.
     from facetrip.data.index import scan_identity_folder
     from facetrip.data.transforms import build_transform
-    from facetrip.evaluation.evaluate import load_pairs, pixel_embeddings, score_embeddings
+    from facetrip.evaluation.baselines import PixelEmbedder
+    from facetrip.evaluation.evaluate import embed_index, load_pairs, score_embeddings
 
     synthesize(tmp_path, identities=60, images_per_identity=6, size=64, seed=1)
     index = scan_identity_folder(tmp_path)
     pairs = load_pairs(index, None, folds=10, pairs_per_fold=100, seed=0)
-    emb = pixel_embeddings(index, build_transform(32, [0.5] * 3, [0.5] * 3))
+    emb = embed_index(PixelEmbedder(), index, build_transform(32, [0.5] * 3, [0.5] * 3),
+                      torch.device("cpu"))
     metrics, _ = score_embeddings(emb, index.labels, pairs, "euclidean", ks=(1,))
     assert 0.5 <= metrics["verification"]["accuracy"] <= 0.75

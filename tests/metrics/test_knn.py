@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from facetrip.evaluation.knn import knn
 from facetrip.loss.distances import pairwise_distances
-from tests.evaluation.references import reference_knn
+from facetrip.metrics.knn import knn
+from tests.metrics.references import reference_knn
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facetrip.evaluation.pairs import PairList, generate_pairs, read_pairs, resolve_pairs
+from facetrip.metrics.pairs import PairList, generate_pairs, read_pairs, resolve_pairs
 
 
 def lfw_dir() -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from facetrip.evaluation.arrays import to_numpy
+from facetrip.metrics.arrays import to_numpy
 
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 

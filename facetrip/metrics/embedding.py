@@ -1,8 +1,10 @@
 """The one embedding loop: batches of images in, ``(B, D)`` float32 embeddings out.
 
-Validation during training, ``facetrip eval`` (model and pixel baseline) and ``facetrip embed``
-all run :func:`iter_embeddings`; they differ only in the loader they pass and the module
-that embeds (the network, or :class:`PixelEmbedder`).
+Validation during training, ``facetrip eval`` (the model and its baselines) and the deploy
+commands (embed, enroll, verify, identify) all run :func:`iter_embeddings` or
+:func:`embed_images`; they differ only in the loader they pass and the module that embeds
+(the network, or a baseline such as
+:class:`~facetrip.evaluation.baselines.PixelEmbedder`).
 """
 
 from __future__ import annotations
@@ -12,19 +14,6 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 from torch import nn
-
-
-class PixelEmbedder(nn.Module):
-    """The raw-pixel baseline as an embedder: each image flattened, standardised (zero mean,
-    unit variance per image) and L2-normalised, so its distances compare image content.
-
-    ``(B, 3, H, W)`` float -> ``(B, 3 H W)``.
-    """
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.flatten(1).float()
-        x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
-        return nn.functional.normalize(x, dim=1)
 
 
 @torch.no_grad()

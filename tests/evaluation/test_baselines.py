@@ -8,7 +8,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from facetrip.data.transforms import GREY_WEIGHTS
-from facetrip.evaluation.eigenfaces import Eigenfaces, GreyPixels, grey_pixels
+from facetrip.evaluation.baselines import Eigenfaces, GreyPixels, grey_pixels
 
 
 def faces(n: int, seed: int, size: int = 12) -> torch.Tensor:

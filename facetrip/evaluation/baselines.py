@@ -1,8 +1,7 @@
-"""The eigenfaces baseline (Turk & Pentland, 1991): whitened PCA of grey face images.
-
-Fitted on training images, it is what a face tool scored before learned embeddings, and what
-a trained model has to beat by a margin on the same pairs. It runs through the one embedding
-loop as a module, like the pixel baseline.
+"""The baselines a trained model must beat on the same pairs, each a module that runs through
+the one embedding loop: raw pixels (:class:`PixelEmbedder`) and eigenfaces (Turk & Pentland,
+1991: whitened PCA of grey face images, fitted on training images; what a face tool scored
+before learned embeddings).
 """
 
 from __future__ import annotations
@@ -62,3 +61,16 @@ class Eigenfaces(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         z = (grey_pixels(images) - self.mean) @ self.components.T * self.scale
         return nn.functional.normalize(z, dim=1)
+
+
+class PixelEmbedder(nn.Module):
+    """The raw-pixel baseline as an embedder: each image flattened, standardised (zero mean,
+    unit variance per image) and L2-normalised, so its distances compare image content.
+
+    ``(B, 3, H, W)`` float -> ``(B, 3 H W)``.
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.flatten(1).float()
+        x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
+        return nn.functional.normalize(x, dim=1)

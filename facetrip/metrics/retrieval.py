@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from facetrip.evaluation.arrays import as_embeddings, to_numpy
-from facetrip.evaluation.knn import DEFAULT_CHUNK_SIZE, check_knn_args, iter_knn
+from facetrip.metrics.arrays import as_embeddings, to_numpy
+from facetrip.metrics.knn import DEFAULT_CHUNK_SIZE, check_knn_args, iter_knn
 
 
 def _retrieval_sums(rel: np.ndarray, r: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:

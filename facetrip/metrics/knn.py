@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from facetrip.evaluation.arrays import as_embeddings
 from facetrip.loss.distances import DISTANCES, pairwise_distances
+from facetrip.metrics.arrays import as_embeddings
 
 DEFAULT_CHUNK_SIZE = 512
 _SELECT_BLOCK = 32  # contiguous columns per block in the first selection stage

@@ -10,8 +10,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from facetrip.evaluation.verification import roc_curve, verification_metrics
-from tests.evaluation.references import (
+from facetrip.metrics.verification import roc_curve, verification_metrics
+from tests.metrics.references import (
     brute_best_threshold,
     brute_far_threshold,
     brute_kfold,

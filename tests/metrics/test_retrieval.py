@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from facetrip.evaluation.knn import knn
-from facetrip.evaluation.retrieval import retrieval_metrics, retrieval_metrics_and_top1
-from tests.evaluation.references import brute_retrieval
+from facetrip.metrics.knn import knn
+from facetrip.metrics.retrieval import retrieval_metrics, retrieval_metrics_and_top1
+from tests.metrics.references import brute_retrieval
 
 # --------------------------------------------------------------------------- retrieval
 
