@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 # export and embed. Everything lands in runs/demo/ (replaced on every run).
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/facetrip synth $(DEMO)/data/train --identities 300 --images-per-identity 20 --size 64 --seed 0
-	$(BIN)/facetrip synth $(DEMO)/data/test --identities 100 --images-per-identity 10 --size 64 --seed 1
+	$(BIN)/facetrip synth --out $(DEMO)/data/train --identities 300 --images-per-identity 20 --size 64 --seed 0
+	$(BIN)/facetrip synth --out $(DEMO)/data/test --identities 100 --images-per-identity 10 --size 64 --seed 1
 	$(BIN)/facetrip train --config configs/quickstart.yaml --set data.root=$(DEMO)/data/train --set data.cache=$(DEMO)/cache --out $(DEMO)/run
-	$(BIN)/facetrip eval --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/data/test --baseline pixels --out $(DEMO)/eval
-	$(BIN)/facetrip export --checkpoint $(DEMO)/run/best.pt --out $(DEMO)/export/model.pt --calibration $(DEMO)/eval/metrics.json
+	$(BIN)/facetrip eval $(DEMO)/data/test --model $(DEMO)/run/best.pt --baseline pixels --out $(DEMO)/eval
+	$(BIN)/facetrip export --model $(DEMO)/run/best.pt --out $(DEMO)/export/model.pt --calibration $(DEMO)/eval/metrics.json
 	$(BIN)/facetrip embed $(DEMO)/data/test --model $(DEMO)/export/model.pt --out $(DEMO)/embeddings.npz
 	$(BIN)/python scripts/demo_summary.py $(DEMO)/eval/metrics.json
 
@@ -35,7 +35,7 @@ LFW ?= ../shared/data/lfw
 LFW_RUN := runs/lfw
 lfw: install
 	$(BIN)/facetrip train --config configs/lfw.yaml --set data.root=$(LFW) --set data.identities_file=$(LFW)/peopleDevTrain.txt --set data.cache=$(LFW_RUN)-cache --out $(LFW_RUN) --overwrite
-	$(BIN)/facetrip eval --checkpoint $(LFW_RUN)/best.pt --data $(LFW) --cache $(LFW_RUN)-cache --pairs $(LFW)/pairsDevTest.txt --calibrate-held-out --also-pairs $(LFW)/pairs.txt --baseline pixels,eigenfaces --flip --out $(LFW_RUN)
+	$(BIN)/facetrip eval $(LFW) --model $(LFW_RUN)/best.pt --cache $(LFW_RUN)-cache --pairs $(LFW)/pairsDevTest.txt --calibrate-held-out --also-pairs $(LFW)/pairs.txt --baseline pixels,eigenfaces --flip --out $(LFW_RUN)
 
 test: install
 	$(BIN)/python -m pytest

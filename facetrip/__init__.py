@@ -1,6 +1,11 @@
 """facetrip: triplet-loss face embeddings, end to end.
 
-``facetrip.load_model(path)`` rebuilds the network of a safetensors export (or a checkpoint);
+The command line, in workflow order: ``synth`` (procedural faces), ``cache`` (decode once),
+``train``, ``eval`` (LFW protocols, baselines, report), ``export`` (TorchScript, ONNX,
+safetensors, with a calibrated sidecar), ``embed``, ``verify`` (same person?), ``enroll`` and
+``identify`` (who is this?). ``facetrip --help`` and each command's ``--help`` say more.
+
+In Python, ``facetrip.load_model(path)`` rebuilds the network of a safetensors export (or a checkpoint);
 ``facetrip.load_embedder(path)`` opens any model file facetrip makes for embedding images.
 Both import torch on first use, not on ``import facetrip``.
 """

@@ -128,12 +128,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base_mb = peak_rss_mb()
     retrieval, seconds, cpu, load = timed(
         lambda: retrieval_metrics(
-            emb, labels, metric=args.metric, chunk_size=args.chunk_size, device=args.device
+            emb, labels, metric=args.distance, chunk_size=args.chunk_size, device=args.device
         )
     )
     rows.append(
         {
-            "step": f"retrieval_metrics N={args.n:,} C={args.classes:,} d={args.dim} {args.metric}",
+            "step": f"retrieval_metrics N={args.n:,} C={args.classes:,} d={args.dim} "
+                    f"{args.distance}",
             "seconds": seconds,
             "cpu_seconds": cpu,
             "load_during": load,
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "result": verification,
             }
         )
-    cli = None if args.no_cli else run_cli(emb, labels, args.metric)
+    cli = None if args.no_cli else run_cli(emb, labels, args.distance)
     if cli is not None:
         cli["matches_retrieval_metrics"] = cli["metrics"]["retrieval"] == json.loads(
             json.dumps(retrieval)  # the same JSON round trip as metrics.json
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(
             {
                 "step": f"facetrip eval --embeddings (end to end, child process) "
-                f"N={args.n:,} {args.metric}",
+                f"N={args.n:,} {args.distance}",
                 "seconds": cli["seconds"],
                 "cpu_seconds": cli["cpu_seconds"],
                 "load_during": cli["load_during"],
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "n": args.n,
         "classes": args.classes,
         "dim": args.dim,
-        "metric": args.metric,
+        "metric": args.distance,
         "chunk_size": args.chunk_size,
         "device": args.device or "cpu",
         "torch_threads": torch.get_num_threads(),
@@ -211,7 +212,7 @@ def run_cli(emb: torch.Tensor, labels: np.ndarray, metric: str) -> dict[str, Any
             str(npz),
             "--out",
             str(out),
-            "--metric",
+            "--distance",
             metric,
         ]
         load_before = list(os.getloadavg())
@@ -289,7 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=1_000, help="number of classes")
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension")
     parser.add_argument(
-        "--metric",
+        "--distance",
         default="euclidean",
         choices=["euclidean", "cosine"],
         help="for retrieval_metrics and facetrip eval (whose default is euclidean)",

@@ -180,14 +180,14 @@ def main() -> None:
     faces, cache = work / "faces", work / f"cache-{c['size']}"
     synth_s = cache_s = None
     if not (faces / ".done").is_file():
-        synth_s, _ = facetrip_cli("synth", str(faces), "--identities", str(identities),
+        synth_s, _ = facetrip_cli("synth", "--out", str(faces), "--identities", str(identities),
                                   "--images-per-identity", str(args.images_per_identity),
                                   "--size", str(c["synth_size"]), "--overwrite")
         (faces / ".done").touch()
         print(f"synth: {identities} x {args.images_per_identity} images in {synth_s:.1f} s "
               f"({cpus} CPUs)", file=sys.stderr, flush=True)
-    cache_s, _ = facetrip_cli("cache", str(faces), "--size", str(c["size"]), "--out", str(cache),
-                              "--workers", str(workers))  # reuses an up-to-date cache
+    cache_s, _ = facetrip_cli("cache", str(faces), "--image-size", str(c["size"]),
+                              "--out", str(cache), "--workers", str(workers))  # reuses it
     print(f"cache: {cache_s:.1f} s", file=sys.stderr, flush=True)
 
     sets = [f"data.root={faces}", f"data.cache={cache}", f"data.image_size={c['size']}",

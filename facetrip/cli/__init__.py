@@ -2,7 +2,9 @@
 
 One module per command group (:mod:`~facetrip.cli.data`: synth, cache;
 :mod:`~facetrip.cli.train`; :mod:`~facetrip.cli.evaluate`: eval; :mod:`~facetrip.cli.deploy`:
-embed, export). :func:`main` turns a user's mistake into one line and exit code 2.
+embed, export; :mod:`~facetrip.cli.recognize`: verify, enroll, identify), listed in
+``facetrip --help`` in the order of a workflow (:data:`WORKFLOW`). :func:`main` turns a user's
+mistake into one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,19 @@ from facetrip.cli import data, deploy, evaluate, recognize, train  # noqa: F401 
 from facetrip.cli.app import app, library_logger
 from facetrip.errors import UserError
 
-__all__ = ["app", "main"]
+__all__ = ["WORKFLOW", "app", "main"]
+
+WORKFLOW = ("synth", "cache", "align", "pack", "train", "eval", "export", "embed", "verify",
+            "enroll", "identify")
+"""The commands in the order a user meets them; ``--help`` lists them so."""
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    return info.name or info.callback.__name__.rstrip("_").replace("_", "-")
+
+
+app.registered_commands.sort(key=lambda info: (
+    WORKFLOW.index(_command_name(info)) if _command_name(info) in WORKFLOW else len(WORKFLOW)))
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
-    help="Train, evaluate, export and use triplet-loss face embedding models, in workflow "
-         "order: synth, cache, train, eval, export, embed, verify, enroll, identify.",
+    help="Train, evaluate, export and use triplet-loss face embedding models. The commands "
+         "are listed in the order of a workflow; each has --help.",
     pretty_exceptions_enable=False,
 )
 

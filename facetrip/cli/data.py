@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from facetrip.cli.app import app
+from facetrip.cli.app import WORKERS_HELP, app, default_workers, renamed
 from facetrip.errors import UserError
 
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="Output folder: OUT/<identity>/<n>.png")],
+    out: Annotated[Path | None, typer.Option(help="Output folder: OUT/<identity>/<n>.png")
+    ] = None,
     identities: Annotated[int, typer.Option(help="Number of identities.")] = 300,
     images_per_identity: Annotated[int, typer.Option(help="Images per identity.")] = 20,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
@@ -23,9 +24,14 @@ def synth(
     workers: Annotated[
         int | None, typer.Option(help="Parallel processes (default: one per CPU core).")
     ] = None,
+    out_argument: Annotated[Path | None, typer.Argument(hidden=True, metavar="")] = None,
 ) -> None:
     """Generate a procedural face dataset with identities (no download needed)."""
     from facetrip.synth import synthesize
+
+    out = renamed(out, out_argument, "--out", "a positional OUT")
+    if out is None:
+        raise UserError("--out is required: the folder to write the faces to")
 
     with tqdm(total=identities * images_per_identity, desc="synth", unit="img", delay=0.5) as bar:
         try:
@@ -38,9 +44,11 @@ def synth(
 
 @app.command()
 def cache(
-    data: Annotated[Path, typer.Argument(help="Identity-folder dataset: DATA/<identity>/<image>.")],
+    data: Annotated[Path, typer.Argument(
+        help="Identity-folder dataset: DATA/<identity>/<image>.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Cache directory (the value for data.cache).")],
-    size: Annotated[int, typer.Option(help="Side in pixels (= data.image_size).")] = 64,
+    image_size: Annotated[int | None, typer.Option(
+        help="Model input side in pixels (= data.image_size; default 64).")] = None,
     crop_fraction: Annotated[
         float, typer.Option(help="Centre crop, share of the shorter side (= data.crop_fraction).")
     ] = 1.0,
@@ -49,9 +57,8 @@ def cache(
         typer.Option(help="Face box 'left,top,right,bottom' in fractions (= data.crop_box)."),
     ] = None,
     grayscale: Annotated[bool, typer.Option(help="Store grey images (= data.grayscale).")] = False,
-    workers: Annotated[
-        int | None, typer.Option(help="Decoding processes (default: CPU cores - 1, 1 to 8).")
-    ] = None,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    size: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Decode, crop and resize every image once into a memory-mapped cache for training.
 
@@ -62,8 +69,8 @@ def cache(
     from facetrip.data.cache import load_or_build_cache
     from facetrip.data.index import list_dataset
     from facetrip.data.transforms import preprocess_from_config
-    from facetrip.training.build import resolve_workers
 
+    size = renamed(image_size, size, "--image-size", "--size") or 64
     box = None
     if crop_box is not None:
         try:
@@ -72,15 +79,14 @@ def cache(
             raise UserError(
                 f"--crop-box expects 4 comma-separated numbers, got {crop_box!r}"
             ) from None
-    if workers is not None and workers < 0:
-        raise UserError("--workers must be >= 0")
     cfg = config_from_dict({"data": {"root": str(data), "image_size": size,
                                      "crop_fraction": crop_fraction, "crop_box": box,
                                      "grayscale": grayscale}})
     files, _ = list_dataset(data)
     with tqdm(total=len(files), desc="cache", unit="img", delay=0.5) as bar:
         result, why = load_or_build_cache(data, out, preprocess_from_config(cfg.data),
-                                          resolve_workers(workers), progress=bar.update)
+                                          default_workers(workers),
+                                          progress=bar.update)
     index = result.index
     megabytes = result.images.nbytes / 2**20
     state = f"built ({why})" if why else "already up to date"

@@ -83,6 +83,53 @@ def preprocess_from_config(data: DataConfig) -> Preprocess:
     return Preprocess(data.image_size, data.crop_fraction, box, data.grayscale)
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything that turns a model's input file into its input tensor, as one value: the
+    per-image :class:`Preprocess` (crop, size, grey) and the normalisation ``mean``/``std``.
+    It comes from a run's config (:meth:`from_config`), travels in checkpoints (their config)
+    and in every export's sidecar (:meth:`to_fields` / :meth:`from_fields`)."""
+
+    crop: Preprocess
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> Preprocessing:
+        return cls(preprocess_from_config(data), tuple(float(v) for v in data.mean),
+                   tuple(float(v) for v in data.std))
+
+    def normalize(self) -> Normalize:
+        """``uint8 (B, 3, S, S)`` -> the model's normalised float input."""
+        return Normalize(self.mean, self.std)
+
+    def transform(self, augment: bool = False) -> FaceTransform:
+        """One image -> normalised ``float32 (3, S, S)`` (see :class:`FaceTransform`)."""
+        return FaceTransform(self.crop, self.normalize(),
+                             BatchAugment(self.mean) if augment else None)
+
+    def to_fields(self) -> dict:
+        """The sidecar's preprocessing fields (plain JSON types)."""
+        return {
+            "input_size": self.crop.size,
+            "colour_order": "RGB",
+            "crop_fraction": self.crop.crop_fraction,
+            "crop_box": list(self.crop.crop_box) if self.crop.crop_box is not None else None,
+            "grayscale": self.crop.grayscale,
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+        }
+
+    @classmethod
+    def from_fields(cls, meta: dict) -> Preprocessing:
+        """What :meth:`to_fields` wrote (a sidecar), exactly as in training."""
+        box = tuple(float(v) for v in meta["crop_box"]) if meta.get("crop_box") else None
+        crop = Preprocess(int(meta["input_size"]), float(meta["crop_fraction"]), box,
+                          bool(meta["grayscale"]))
+        return cls(crop, tuple(float(v) for v in meta["mean"]),
+                   tuple(float(v) for v in meta["std"]))
+
+
 def batch_seed(seed: int, epoch: int, batch: int, rank: int | None = None) -> int:
     """The augmentation seed of one batch: a function of ``(seed, epoch, batch number)`` only
     (and of the rank, for one rank's share of a distributed batch)."""

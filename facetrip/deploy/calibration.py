@@ -29,7 +29,7 @@ from facetrip.config import Config
 from facetrip.data.index import ImageFolderIndex, scan_identity_folder
 from facetrip.data.transforms import build_transform
 from facetrip.errors import UserError
-from facetrip.evaluation.evaluate import embed_index, load_pairs
+from facetrip.evaluation.sources import Loading, embed_index, load_pairs
 from facetrip.metrics.pairs import pair_distances
 from facetrip.metrics.verification import operating_points, verification_metrics
 
@@ -149,7 +149,7 @@ def calibrate(
     transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
                                 crop_box=d.crop_box, grayscale=d.grayscale)
     emb_used = embed_index(model, _used_subset(index, used), transform, torch.device(device),
-                           batch_size, progress=progress)
+                           Loading(batch_size), progress=progress)
     emb = np.zeros((len(index), emb_used.shape[1]), dtype=np.float32)
     emb[used] = emb_used
     distances = pair_distances(emb, pairs, metric)

@@ -1,5 +1,9 @@
-"""``facetrip eval``, the workflow: embed a dataset (or read an npz), draw or read the pairs,
-score verification and retrieval, with baselines on the same pairs."""
+"""``facetrip eval``, the workflow: one :class:`EvalRequest` in, one :class:`Evaluation` out.
+
+Embed a dataset with a checkpoint (or read an npz of embeddings), read or draw the pairs and
+where their thresholds come from (:class:`PairProtocol`), score verification and retrieval,
+and the baselines on the same pairs.
+"""
 
 from __future__ import annotations
 
@@ -11,57 +15,98 @@ import numpy as np
 import torch
 
 from facetrip.config import Config
-from facetrip.data.cache import DecodedCache, load_or_build_cache
-from facetrip.data.dataset import CachedFaceDataset, FaceDataset
+from facetrip.data.cache import load_or_build_cache
 from facetrip.data.index import ImageFolderIndex, scan_identity_folder
-from facetrip.data.transforms import FaceTransform, Normalize, build_transform
+from facetrip.data.transforms import Preprocessing
 from facetrip.errors import UserError
-from facetrip.evaluation.baselines import Eigenfaces, GreyPixels, PixelEmbedder
-from facetrip.metrics.embedding import embed_all
-from facetrip.metrics.pairs import (
-    PairIndexList,
-    generate_pairs,
-    pair_distances,
-    read_pairs,
-    resolve_pairs,
+from facetrip.evaluation.baselines import PixelEmbedder
+from facetrip.evaluation.sources import (
+    ImageSource,
+    Loading,
+    draw_pairs,
+    fit_eigenfaces,
+    load_pairs,
+    pair_identities,
+    pairs_from_file,
+    people,
 )
+from facetrip.metrics.pairs import PairIndexList, pair_distances
 from facetrip.metrics.retrieval import retrieval_metrics, retrieval_metrics_and_top1
 from facetrip.metrics.verification import verification_metrics
 from facetrip.training.build import run_identities, run_validation_pairs
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 BASELINES = ("pixels", "eigenfaces")
-EIGENFACES_COMPONENTS = 100  #: principal axes kept by the eigenfaces baseline
+DISTANCES = ("euclidean", "cosine")
 
 
-def load_pairs(
-    index: ImageFolderIndex, pairs_file: str | Path | None, folds: int, pairs_per_fold: int,
-    seed: int,
-) -> PairIndexList:
-    """Pairs from an LFW-format file (folds as given) or drawn from ``index`` with ``seed``."""
-    if pairs_file is not None:
-        return pairs_from_file(pairs_file, index.paths)
-    return _draw_pairs(index.labels, folds, pairs_per_fold, seed, str(index.root))
+@dataclass(frozen=True)
+class PairProtocol:
+    """Which pairs are scored and where their thresholds come from.
+
+    ``pairs_file``: an LFW-format file, scored by its own folds; without one,
+    ``folds x pairs_per_fold`` pairs are drawn with ``seed``. Thresholds: chosen on
+    ``calibration_pairs`` (a file of other people), on the checkpoint's run's validation pairs
+    (``calibrate_held_out``: people held out of its training), or else by k-fold (in-sample
+    for a single-fold file). ``also_pairs``: more files, each scored by its own folds.
+    """
+
+    pairs_file: Path | None = None
+    seed: int = 0
+    folds: int = 10
+    pairs_per_fold: int = 600
+    calibration_pairs: Path | None = None
+    calibrate_held_out: bool = False
+    also_pairs: tuple[Path, ...] = ()
+
+    def check(self) -> None:
+        """UserError for a protocol that contradicts itself."""
+        if self.calibration_pairs is not None and self.pairs_file is None:
+            raise UserError("--calibration-pairs chooses the thresholds for --pairs: give both")
+        if self.calibration_pairs is not None and self.calibrate_held_out:
+            raise UserError("give --calibration-pairs or --calibrate-held-out, not both")
 
 
-def pairs_from_file(pairs_file: str | Path, paths: list[str]) -> PairIndexList:
-    """Read an LFW-format pairs file and resolve it against item ``paths`` (UserError if not)."""
-    try:
-        pairs = read_pairs(pairs_file)
-        idx1, idx2 = resolve_pairs(pairs, paths)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"pairs file {pairs_file}: {exc}") from None
-    return PairIndexList(idx1, idx2, pairs.issame, pairs.fold)
+@dataclass(frozen=True)
+class EvalRequest:
+    """What ``facetrip eval`` is asked: a checkpoint (``model``) and the images in ``data``,
+    or an npz of ``embeddings`` (``data``, if given, is where its paths point, for the
+    report's images); the pairs; the distance and Recall@k; test-time ``flip``; baselines
+    (``pixels``, ``eigenfaces``, fitted on the run's training images or ``baseline_fit``);
+    a decoded-image ``cache`` for ``data``; and how to embed (device, batch size, workers)."""
 
+    model: Path | None = None
+    data: Path | None = None
+    embeddings: Path | None = None
+    protocol: PairProtocol = PairProtocol()
+    distance: str = "euclidean"
+    ks: tuple[int, ...] = (1, 5, 10)
+    flip: bool = False
+    baselines: tuple[str, ...] = ()
+    baseline_fit: Path | None = None
+    cache: Path | None = None
+    device: torch.device | str = "cpu"
+    loading: Loading = Loading()
 
-def _draw_pairs(
-    labels: np.ndarray, folds: int, pairs_per_fold: int, seed: int, where: str
-) -> PairIndexList:
-    try:
-        return generate_pairs(labels, n_folds=folds, pairs_per_fold=pairs_per_fold, seed=seed)
-    except ValueError as exc:
-        msg = f"{where}: cannot draw {folds} folds x {pairs_per_fold} pairs: {exc}"
-        raise UserError(msg) from None
+    def check(self) -> None:
+        """UserError for a request that cannot be run, naming the options."""
+        if (self.model is None) == (self.embeddings is None):
+            raise UserError("give either --model (a checkpoint) with DATA, or --embeddings")
+        if self.model is not None and self.data is None:
+            raise UserError("--model needs DATA: the identity-folder dataset to embed")
+        if self.distance not in DISTANCES:
+            raise UserError(f"--distance must be euclidean or cosine, got {self.distance!r}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise UserError(f"unknown baseline {unknown[0]!r}; choose from "
+                            f"{', '.join(BASELINES)}")
+        self.protocol.check()
+        p = self.protocol
+        if self.embeddings is not None and (self.baselines or self.flip or self.baseline_fit
+                                            or p.also_pairs or self.cache
+                                            or p.calibrate_held_out):
+            raise UserError("--baseline, --baseline-fit, --also-pairs, --cache, --flip and "
+                            "--calibrate-held-out need images: use --model and DATA")
 
 
 @dataclass
@@ -81,222 +126,185 @@ class Evaluation:
     baseline_distances: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def evaluate(request: EvalRequest, progress: Callable[[int], None] | None = None
+             ) -> Evaluation:
+    """Score ``request`` (see :class:`EvalRequest`); ``progress(n)`` after each embedded batch.
+
+    ``metrics`` holds ``verification``, ``retrieval``, ``baselines`` (``{name: {...}}``),
+    ``also``, ``pair_identities`` (how many of the pairs' people the training run saw; with
+    calibration, ``calibration_identities`` likewise, with ``shared_with_scored``: how many of
+    them are in the scored pairs too) and provenance (``dataset``, ``checkpoint``, ``config``,
+    ``skipped``, ``options``).
+
+    Raises:
+        UserError: a request that cannot be run, unreadable inputs, pairs that do not resolve.
+    """
+    request.check()
+    if request.embeddings is not None:
+        return _evaluate_npz(request)
+    return _evaluate_images(request, progress)
+
+
 def score_embeddings(
-    emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, metric: str, ks: Sequence[int],
-    calibration: PairIndexList | None = None,
+    emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, distance: str,
+    ks: Sequence[int], calibration: PairIndexList | None = None,
 ) -> tuple[dict, np.ndarray]:
     """``({"verification": ..., "retrieval": ...}, pair distances (P,))`` for ``emb`` (N, D);
     with ``calibration`` pairs, the thresholds are chosen on them."""
-    verification, distances = _verification(emb, pairs, metric, calibration)
-    retrieval = retrieval_metrics(emb, labels, ks=tuple(ks), metric=metric)
+    verification, distances = _verification(emb, pairs, distance, calibration)
+    retrieval = retrieval_metrics(emb, labels, ks=tuple(ks), metric=distance)
     return {"verification": verification, "retrieval": retrieval}, distances
 
 
-def _verification(emb: np.ndarray, pairs: PairIndexList, metric: str,
+def _verification(emb: np.ndarray, pairs: PairIndexList, distance: str,
                   calibration: PairIndexList | None = None) -> tuple[dict, np.ndarray]:
     """``(verification metrics, pair distances (P,))``."""
-    distances = pair_distances(emb, pairs, metric)
+    distances = pair_distances(emb, pairs, distance)
     cal = (None if calibration is None
-           else (pair_distances(emb, calibration, metric), calibration.issame))
+           else (pair_distances(emb, calibration, distance), calibration.issame))
     return verification_metrics(distances, pairs.issame, folds=pairs.fold,
                                 calibration=cal), distances
 
 
 def _evaluation(
-    emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, metric: str, ks: Sequence[int],
-    calibration: PairIndexList | None = None, **context,
+    emb: np.ndarray, labels: np.ndarray, pairs: PairIndexList, distance: str,
+    ks: Sequence[int], calibration: PairIndexList | None = None, **context,
 ) -> Evaluation:
     """:func:`score_embeddings` plus each item's top-1 for the report, from the same kNN pass
     as the retrieval metrics."""
     if max(ks) >= len(emb) or min(ks) < 1:
         raise UserError(f"Recall@k needs 1 <= k < {len(emb)} (the number of items), got {ks}")
-    verification, distances = _verification(emb, pairs, metric, calibration)
-    retrieval, top1 = retrieval_metrics_and_top1(emb, labels, ks=tuple(ks), metric=metric)
+    verification, distances = _verification(emb, pairs, distance, calibration)
+    retrieval, top1 = retrieval_metrics_and_top1(emb, labels, ks=tuple(ks), metric=distance)
     metrics = {"verification": verification, "retrieval": retrieval}
     return Evaluation(metrics, distances, pairs, labels, top1, **context)
 
 
-def _people(index: ImageFolderIndex, pairs: PairIndexList) -> set[str]:
-    """The names of the identities in ``pairs``."""
-    return {index.classes[c] for c in index.labels[np.concatenate([pairs.idx1, pairs.idx2])]}
-
-
-def pair_identities(index: ImageFolderIndex, pairs: PairIndexList, seen: Sequence[str] | None
-                    ) -> dict:
-    """``{"identities": n, "seen_in_training": m or None}``: the people in ``pairs`` and how
-    many of them the model's training run saw (``seen``: its identity names, when known)."""
-    names = _people(index, pairs)
-    return {"identities": len(names),
-            "seen_in_training": None if seen is None else len(names.intersection(seen))}
-
-
-def embed_index(
-    model: torch.nn.Module,
-    index: ImageFolderIndex,
-    transform: Callable,
-    device: torch.device,
-    batch_size: int = 256,
-    flip: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """(N, D) embeddings of every image of ``index``; with ``flip``, the mean of the image's and
-    its mirror's embedding, re-normalised."""
-    loader = torch.utils.data.DataLoader(FaceDataset(index, transform), batch_size=batch_size)
-    return embed_all(model, loader, device, flip=flip, progress=progress)[0]
-
-
 @dataclass
-class ImageSource:
-    """Where a workflow's preprocessed images come from: decoded from their files with
-    ``transform``, or read from a decoded ``cache`` (the same preprocessing, decoded once for
-    the model, every baseline and the eigenfaces fit) of the dataset at ``cache_root``."""
+class _Pairs:
+    """The pairs of one evaluation, resolved against its images."""
 
-    transform: FaceTransform
-    cache: DecodedCache | None = None
-    cache_root: Path | None = None
-
-    def embed(self, model: torch.nn.Module, index: ImageFolderIndex, device: torch.device,
-              flip: bool = False, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """(N, D) embeddings of every image of ``index`` (see :func:`embed_index`)."""
-        if self.cache is None or Path(index.root).resolve() != self.cache_root:
-            return embed_index(model, index, self.transform, device, flip=flip,
-                               progress=progress)
-        loader = torch.utils.data.DataLoader(CachedFaceDataset(index, self.cache),
-                                             batch_size=256)
-        normalize: Normalize = self.transform.normalize
-        return embed_all(model, loader, device, batch_transform=normalize, flip=flip,
-                         progress=progress)[0]
+    scored: PairIndexList
+    calibration: PairIndexList | None
+    calibration_source: str | None
+    also: dict[str, PairIndexList]
 
 
-def fit_eigenfaces(index: ImageFolderIndex, images: ImageSource,
-                   n_components: int = EIGENFACES_COMPONENTS) -> Eigenfaces:
-    """The eigenfaces baseline fitted on every image of ``index`` (the model's preprocessing,
-    in grey)."""
-    pixels = images.embed(GreyPixels(), index, torch.device("cpu"))
-    return Eigenfaces.fit(torch.from_numpy(pixels), n_components)
+def _resolve_pairs(protocol: PairProtocol, index: ImageFolderIndex, cfg: Config,
+                   recorded_val: dict | None) -> _Pairs:
+    """The scored, calibration and extra pairs of ``protocol`` as indices into ``index``."""
+    scored = load_pairs(index, protocol.pairs_file, protocol.folds, protocol.pairs_per_fold,
+                        protocol.seed)
+    calibration, source = None, None
+    if protocol.calibration_pairs:
+        calibration = pairs_from_file(protocol.calibration_pairs, index.paths)
+        source = str(protocol.calibration_pairs)
+    if protocol.calibrate_held_out:
+        calibration, source = held_out_calibration(cfg, index, recorded_val)
+    also = {str(f): pairs_from_file(f, index.paths) for f in protocol.also_pairs}
+    return _Pairs(scored, calibration, source, also)
 
 
-def _baseline_list(baseline: str | Sequence[str] | None) -> list[str]:
-    names = [baseline] if isinstance(baseline, str) else list(baseline or [])
-    unknown = [b for b in names if b not in BASELINES]
-    if unknown:
-        raise UserError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
-    return list(dict.fromkeys(names))
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    data_dir: str | Path,
-    pairs_file: str | Path | None = None,
-    metric: str = "euclidean",
-    ks: Sequence[int] = (1, 5, 10),
-    flip: bool = False,
-    baseline: str | Sequence[str] | None = None,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    folds: int = 10,
-    pairs_per_fold: int = 600,
-    progress: Callable[[int], None] | None = None,
-    calibration_pairs: str | Path | None = None,
-    also_pairs: Sequence[str | Path] = (),
-    baseline_fit: str | Path | None = None,
-    cache: str | Path | None = None,
-    calibrate_held_out: bool = False,
-) -> Evaluation:
-    """Embed ``data_dir`` with the checkpoint's model and preprocessing, then score it.
-
-    ``calibration_pairs`` (a pairs file of other people, e.g. LFW ``pairsDevTrain.txt``)
-    chooses the thresholds that score ``pairs_file``; so does ``calibrate_held_out``, with the
-    checkpoint's run's validation pairs (people held out of its training; ``data_dir`` must be
-    the run's ``data.root``). ``also_pairs`` files are scored too, each
-    by its own folds (``metrics["also"]``), model and baselines. Baselines: ``pixels`` and
-    ``eigenfaces``, fitted on the images the checkpoint's run trained on, or on every image of
-    ``baseline_fit``. ``cache``: a decoded-image cache directory for ``data_dir`` (built when
-    missing or stale; a training run's ``data.cache`` of the same folder is reused), so every
-    image is decoded once.
-
-    ``metrics`` holds ``verification``, ``retrieval``, ``baselines`` (``{name: {...}}``),
-    ``also``, ``pair_identities`` (how many of the pairs' people the training run saw; with
-    calibration, ``calibration_identities`` likewise, with ``shared_with_scored``: how many of
-    them are in the scored pairs too) and provenance (``dataset``,
-    ``checkpoint``, ``config``, ``skipped``, ``options``).
-    """
-    baselines = _baseline_list(baseline)
-    device = torch.device(device)
-    ckpt = load_checkpoint(checkpoint)
-    model, cfg = model_from_checkpoint(ckpt, device)
+def _open_images(request: EvalRequest, cfg: Config) -> tuple[ImageSource, ImageFolderIndex]:
+    """The images to embed (decoded, or from the decoded cache) and their index."""
+    data = Path(request.data)
     d = cfg.data
-    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
-                                crop_box=d.crop_box, grayscale=d.grayscale)
-    same_root = bool(d.root) and Path(d.root).resolve() == Path(data_dir).resolve()
-    if calibrate_held_out and calibration_pairs:
-        raise UserError("give calibration pairs or the run's held-out identities, not both")
-    if calibrate_held_out and not same_root:
+    if request.protocol.calibrate_held_out and not _same_root(cfg, data):
         raise UserError(f"calibrating on the run's held-out identities needs the run's data: "
                         f"evaluate its data.root ({d.root or 'not recorded'}, relative to where "
-                        f"it was trained), not {data_dir}")
-    images = ImageSource(transform)
-    if cache is not None:
-        decoded, _ = load_or_build_cache(data_dir, cache, transform.preprocess)
-        images = ImageSource(transform, decoded, Path(data_dir).resolve())
-        index = decoded.index
-    else:
-        index = scan_identity_folder(data_dir)
-    pairs = load_pairs(index, pairs_file, folds, pairs_per_fold, seed)
-    calibration = pairs_from_file(calibration_pairs, index.paths) if calibration_pairs else None
-    calibration_source = str(calibration_pairs) if calibration_pairs else None
-    if calibrate_held_out:
-        calibration, calibration_source = held_out_calibration(cfg, index, ckpt.get("val"))
-    also = {str(f): pairs_from_file(f, index.paths) for f in also_pairs}
-    trained_on, seen = _run_identities(cfg, index if same_root else None,
-                                       need_images="eigenfaces" in baselines
-                                       and baseline_fit is None)
-    emb = images.embed(model, index, device, flip=flip, progress=progress)
-    run_dir = Path(checkpoint).parent
-    result = _evaluation(emb, index.labels, pairs, metric, ks, calibration, paths=index.paths,
-                         root=Path(data_dir),
+                        f"it was trained), not {data}")
+    preprocessing = Preprocessing.from_config(d)
+    images = ImageSource(preprocessing.transform(), loading=request.loading)
+    if request.cache is None:
+        return images, scan_identity_folder(data)
+    decoded, _ = load_or_build_cache(data, request.cache, preprocessing.crop)
+    return (ImageSource(images.transform, decoded, data.resolve(), request.loading),
+            decoded.index)
+
+
+def _same_root(cfg: Config, data: Path) -> bool:
+    """True when ``data`` is the run's ``data.root``."""
+    return bool(cfg.data.root) and Path(cfg.data.root).resolve() == data.resolve()
+
+
+def _evaluate_images(request: EvalRequest, progress: Callable[[int], None] | None
+                     ) -> Evaluation:
+    """Embed ``request.data`` with the checkpoint's model and preprocessing, then score it."""
+    device = torch.device(request.device)
+    ckpt = load_checkpoint(request.model)
+    model, cfg = model_from_checkpoint(ckpt, device)
+    images, index = _open_images(request, cfg)
+    pairs = _resolve_pairs(request.protocol, index, cfg, ckpt.get("val"))
+    need_training_images = "eigenfaces" in request.baselines and request.baseline_fit is None
+    trained_on, seen = _run_identities(
+        cfg, index if _same_root(cfg, Path(request.data)) else None, need_training_images)
+    emb = images.embed(model, index, device, flip=request.flip, progress=progress)
+    run_dir = Path(request.model).parent
+    result = _evaluation(emb, index.labels, pairs.scored, request.distance, request.ks,
+                         pairs.calibration, paths=index.paths, root=Path(request.data),
                          run_dir=run_dir if (run_dir / "metrics.jsonl").is_file() else None)
-    result.metrics["pair_identities"] = pair_identities(index, pairs, seen)
-    if calibration is not None:
+    result.metrics["pair_identities"] = pair_identities(index, pairs.scored, seen)
+    if pairs.calibration is not None:
         # trained on, not merely validated on: held-out calibration people count as unseen
-        people = pair_identities(index, calibration,
-                                 None if trained_on is None else trained_on.classes)
-        people["shared_with_scored"] = len(_people(index, calibration) & _people(index, pairs))
-        result.metrics["calibration_identities"] = people
+        who = pair_identities(index, pairs.calibration,
+                              None if trained_on is None else trained_on.classes)
+        who["shared_with_scored"] = len(people(index, pairs.calibration)
+                                        & people(index, pairs.scored))
+        result.metrics["calibration_identities"] = who
     result.metrics["also"] = {
-        name: {"verification": _verification(emb, p, metric)[0], "baselines": {},
+        name: {"verification": _verification(emb, p, request.distance)[0], "baselines": {},
                "pair_identities": pair_identities(index, p, seen)}
-        for name, p in also.items()}
+        for name, p in pairs.also.items()}
+    fitted_on = _score_baselines(result, request, images, index, pairs, trained_on, cfg)
+    result.metrics.update(
+        dataset={"root": str(request.data), "images": len(index),
+                 "identities": len(index.classes), **_pair_files(request.protocol,
+                                                                 pairs.calibration_source)},
+        checkpoint=str(request.model), config=ckpt.get("config"),
+        skipped=[{"path": s.path, "reason": s.reason} for s in index.skipped],
+        options={**_options(request), "baselines": list(request.baselines),
+                 "eigenfaces_fit": fitted_on})
+    return result
+
+
+def _score_baselines(result: Evaluation, request: EvalRequest, images: ImageSource,
+                     index: ImageFolderIndex, pairs: _Pairs,
+                     trained_on: ImageFolderIndex | None, cfg: Config) -> dict | None:
+    """Score each requested baseline on the same pairs (into ``result``); returns what
+    eigenfaces was fitted on (None when it was not asked for)."""
     fitted_on = None
-    if baselines:
+    if request.baselines:
         result.metrics["baselines"] = {}
-    for name in baselines:
+    for name in request.baselines:
         if name == "pixels":
             embedder: torch.nn.Module = PixelEmbedder()
         else:
-            fit_index = scan_identity_folder(baseline_fit) if baseline_fit else trained_on
+            fit = request.baseline_fit
+            fit_index = scan_identity_folder(fit) if fit else trained_on
             embedder = fit_eigenfaces(fit_index, images)
-            fitted_on = {"root": str(baseline_fit or d.root), "images": len(fit_index),
+            fitted_on = {"root": str(fit or cfg.data.root), "images": len(fit_index),
                          "identities": len(fit_index.classes),
                          "components": int(embedder.components.shape[0])}
         b_emb = images.embed(embedder, index, torch.device("cpu"))
         scores, result.baseline_distances[name] = score_embeddings(
-            b_emb, index.labels, pairs, metric, ks, calibration)
+            b_emb, index.labels, pairs.scored, request.distance, request.ks, pairs.calibration)
         result.metrics["baselines"][name] = scores
-        for protocol, p in also.items():
+        for protocol, p in pairs.also.items():
             result.metrics["also"][protocol]["baselines"][name] = {
-                "verification": _verification(b_emb, p, metric)[0]}
-    result.metrics.update(
-        dataset={"root": str(data_dir), "images": len(index), "identities": len(index.classes),
-                 "pairs_file": str(pairs_file) if pairs_file else None,
-                 "calibration_pairs": calibration_source},
-        checkpoint=str(checkpoint),
-        config=ckpt.get("config"),
-        skipped=[{"path": s.path, "reason": s.reason} for s in index.skipped],
-        options={"metric": metric, "flip": flip, "ks": list(ks), "seed": seed,
-                 "baselines": baselines, "eigenfaces_fit": fitted_on},
-    )
-    return result
+                "verification": _verification(b_emb, p, request.distance)[0]}
+    return fitted_on
+
+
+def _pair_files(protocol: PairProtocol, calibration_source: str | None) -> dict:
+    return {"pairs_file": str(protocol.pairs_file) if protocol.pairs_file else None,
+            "calibration_pairs": calibration_source}
+
+
+def _options(request: EvalRequest) -> dict:
+    """The request's scoring options as metrics.json records them (``metric``: the
+    distance, under the name earlier files used)."""
+    return {"metric": request.distance, "flip": request.flip, "ks": list(request.ks),
+            "seed": request.protocol.seed}
 
 
 def held_out_calibration(cfg: Config, index: ImageFolderIndex, recorded: dict | None = None
@@ -345,23 +353,8 @@ def _run_identities(cfg, full: ImageFolderIndex | None, need_images: bool
         return None, None
 
 
-def evaluate_npz(
-    embeddings_file: str | Path,
-    pairs_file: str | Path | None = None,
-    metric: str = "euclidean",
-    ks: Sequence[int] = (1, 5, 10),
-    seed: int = 0,
-    folds: int = 10,
-    pairs_per_fold: int = 600,
-    images_root: str | Path | None = None,
-    calibration_pairs: str | Path | None = None,
-) -> Evaluation:
-    """Score embeddings from any model: an npz with ``embeddings`` (N, D) and ``labels`` (N,),
-    and optionally ``paths`` (N,), against which an LFW pairs file resolves.
-
-    ``images_root`` (optional) is where ``paths`` point, for the report's image grids.
-    """
-    path = Path(embeddings_file)
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """``(embeddings (N, D) float32, labels (N,) as 0..C-1, paths or None)`` of an npz."""
     if not path.is_file():
         raise UserError(f"embeddings file not found: {path}")
     try:
@@ -375,26 +368,33 @@ def evaluate_npz(
     if emb.ndim != 2 or labels.shape != (len(emb),):
         raise UserError(f"{path}: embeddings must be (N, D) and labels (N,), got "
                         f"{emb.shape} and {labels.shape}")
-    labels = np.unique(labels, return_inverse=True)[1].astype(np.int64)
-    if pairs_file is not None:
-        if paths is None:
-            raise UserError(f"{path} has no 'paths' array, so a pairs file cannot resolve")
-        pairs = pairs_from_file(pairs_file, paths)
+    return emb, np.unique(labels, return_inverse=True)[1].astype(np.int64), paths
+
+
+def _evaluate_npz(request: EvalRequest) -> Evaluation:
+    """Score embeddings from any model: an npz with ``embeddings`` (N, D) and ``labels``
+    (N,), and optionally ``paths`` (N,), against which pairs files resolve. ``request.data``
+    (optional) is where ``paths`` point, for the report's image grids."""
+    path, protocol = Path(request.embeddings), request.protocol
+    emb, labels, paths = _read_npz(path)
+    for option, given in (("a pairs file", protocol.pairs_file),
+                          ("calibration pairs", protocol.calibration_pairs)):
+        if given is not None and paths is None:
+            raise UserError(f"{path} has no 'paths' array, so {option} cannot resolve")
+    if protocol.pairs_file is not None:
+        pairs = pairs_from_file(protocol.pairs_file, paths)
     else:
-        pairs = _draw_pairs(labels, folds, pairs_per_fold, seed, str(path))
-    calibration = None
-    if calibration_pairs is not None:
-        if paths is None:
-            raise UserError(f"{path} has no 'paths' array, so calibration pairs cannot resolve")
-        calibration = pairs_from_file(calibration_pairs, paths)
-    result = _evaluation(emb, labels, pairs, metric, ks, calibration, paths=paths,
-                         root=Path(images_root) if images_root else None)
+        pairs = draw_pairs(labels, protocol.folds, protocol.pairs_per_fold, protocol.seed,
+                           str(path))
+    calibration = (pairs_from_file(protocol.calibration_pairs, paths)
+                   if protocol.calibration_pairs is not None else None)
+    result = _evaluation(emb, labels, pairs, request.distance, request.ks, calibration,
+                         paths=paths, root=Path(request.data) if request.data else None)
     result.metrics.update(
         dataset={"embeddings": str(path), "items": len(emb),
                  "identities": int(labels.max()) + 1 if len(labels) else 0,
-                 "pairs_file": str(pairs_file) if pairs_file else None,
-                 "calibration_pairs": str(calibration_pairs) if calibration_pairs else None},
-        checkpoint=None, config=None, skipped=[],
-        options={"metric": metric, "flip": False, "ks": list(ks), "seed": seed},
+                 **_pair_files(protocol, str(protocol.calibration_pairs)
+                               if protocol.calibration_pairs else None)},
+        checkpoint=None, config=None, skipped=[], options=_options(request),
     )
     return result

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 
@@ -78,11 +79,21 @@ def _is_integer(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
+class References(NamedTuple):
+    """A checked reference set: ``labels`` ``(R,)`` and, per anchor, ``self_index`` ``(B,)``
+    int64 in ``[-1, R)`` (the reference that is the anchor itself, ``-1``: none). What
+    :func:`resolve_references` returns; every miner takes it back as ``ref_labels`` (with no
+    ``ref_self_index``) without checking it again, so a loss resolves its references once."""
+
+    labels: torch.Tensor
+    self_index: torch.Tensor
+
+
 def resolve_references(
     labels: torch.Tensor,
-    ref_labels: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | References | None = None,
     ref_self_index: torch.Tensor | int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> References:
     """The references' labels and, for every anchor, the reference that is the anchor itself.
 
     Args:
@@ -98,18 +109,24 @@ def resolve_references(
             is an anchor.  A reference named here must carry its anchor's label.
 
     Returns:
-        ``(ref_labels, self_index)``: ``(R,)`` labels and ``(B,)`` int64 indices in ``[-1, R)``.
+        :class:`References` ``(ref_labels, self_index)``: ``(R,)`` labels and ``(B,)`` int64
+        indices in ``[-1, R)``. A :class:`References` given as ``ref_labels`` is returned as
+        it is (it was checked when it was made).
 
     Raises:
         ValueError: on shapes, dtypes or indices that do not fit, or a self reference whose
             label is not its anchor's.
     """
     batch, device = labels.shape[0], labels.device
+    if isinstance(ref_labels, References):
+        if ref_self_index is not None:
+            raise ValueError("resolved References already hold the self index")
+        return ref_labels
     if ref_labels is None:
         if ref_self_index is not None:
             raise ValueError("ref_self_index needs ref_labels (without references, the batch "
                              "is its own reference set and anchor i is row i)")
-        return labels, torch.arange(batch, device=device)
+        return References(labels, torch.arange(batch, device=device))
     if ref_labels.dim() != 1 or not _is_integer(ref_labels):
         raise ValueError(f"ref_labels must be a (R,) integer tensor, got "
                          f"{tuple(ref_labels.shape)} {ref_labels.dtype}")
@@ -117,7 +134,7 @@ def resolve_references(
     if n_refs < 1:
         raise ValueError("the reference set is empty")
     if ref_self_index is None:
-        return ref_labels, torch.full((batch,), -1, dtype=torch.long, device=device)
+        return References(ref_labels, torch.full((batch,), -1, dtype=torch.long, device=device))
     if isinstance(ref_self_index, torch.Tensor):
         if ref_self_index.shape != (batch,) or not _is_integer(ref_self_index):
             raise ValueError(f"ref_self_index must be a ({batch},) integer tensor, got "
@@ -136,14 +153,14 @@ def resolve_references(
     itself = ref_labels[self_index.clamp(min=0)]
     if bool(((self_index >= 0) & (itself != labels)).any()):
         raise ValueError("ref_self_index names a reference whose label is not its anchor's")
-    return ref_labels, self_index
+    return References(ref_labels, self_index)
 
 
 def positive_negative_masks(
     labels: torch.Tensor,
     anchors: slice = slice(None),
     *,
-    ref_labels: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | References | None = None,
     ref_self_index: torch.Tensor | int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks of the positive and negative pairs.
@@ -177,7 +194,7 @@ def _same_label_counts(labels: torch.Tensor, ref_labels: torch.Tensor) -> tuple[
 
 def count_valid_triplets(
     labels: torch.Tensor,
-    ref_labels: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | References | None = None,
     ref_self_index: torch.Tensor | int | None = None,
 ) -> int:
     """Number of valid triplets of anchors with ``(B,)`` ``labels`` against the references.
@@ -194,7 +211,7 @@ def count_valid_triplets(
 
 def positive_table(
     labels: torch.Tensor,
-    ref_labels: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | References | None = None,
     ref_self_index: torch.Tensor | int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every anchor's positives as a padded table (``O(B G)`` memory).
@@ -311,7 +328,7 @@ def rank_negatives(
     margin: float = 0.0,
     *,
     block_elements: int | None = None,
-    ref_labels: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | References | None = None,
     ref_self_index: torch.Tensor | int | None = None,
 ) -> Iterator[NegativeRanks]:
     """Yield :class:`NegativeRanks` for consecutive blocks of anchors covering the batch.
@@ -400,7 +417,7 @@ def batch_hard_triplets(
     dist: torch.Tensor,
     labels: torch.Tensor,
     *,
-    ref_labels: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | References | None = None,
     ref_self_index: torch.Tensor | int | None = None,
 ) -> Triplets:
     """Batch-hard mining (Hermans et al.): one triplet per anchor.
@@ -458,7 +475,7 @@ def semihard_triplets(
     dist: torch.Tensor,
     labels: torch.Tensor,
     *,
-    ref_labels: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | References | None = None,
     ref_self_index: torch.Tensor | int | None = None,
 ) -> Triplets:
     """FaceNet / TF-Addons ``TripletSemiHardLoss`` mining: one triplet per positive pair.

@@ -99,6 +99,7 @@ from torch.autograd.function import once_differentiable
 from facetrip.loss.distances import DISTANCES, pairwise_distances
 from facetrip.loss.mining import (
     NegativeRanks,
+    References,
     batch_hard_in_block,
     concat_triplets,
     count_valid_triplets,
@@ -205,14 +206,6 @@ def triplet_loss_with_stats(
     )
 
 
-class _Refs(NamedTuple):
-    """Explicit references for the miners: ``(R,)`` labels and ``(B,)`` self rows (``-1``:
-    none); both ``None`` for the batch as its own references (self = the diagonal)."""
-
-    labels: torch.Tensor | None = None
-    self_index: torch.Tensor | None = None
-
-
 def _loss_and_stats(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -232,7 +225,7 @@ def _loss_and_stats(
     if ref_embeddings is None:
         if ref_labels is not None or ref_self_index is not None:
             raise ValueError("ref_labels and ref_self_index need ref_embeddings")
-        refs = _Refs()
+        refs = None  # the batch is its own reference set: self = the diagonal
         dist = pairwise_distances(embeddings, distance=distance)
     else:
         if ref_labels is None:
@@ -241,10 +234,10 @@ def _loss_and_stats(
         if ref_embeddings.shape[1] != embeddings.shape[1]:
             raise ValueError(f"embeddings of dimension {embeddings.shape[1]} but references of "
                              f"dimension {ref_embeddings.shape[1]}")
-        refs = _Refs(*resolve_references(labels, ref_labels.to(labels.device), ref_self_index))
+        refs = resolve_references(labels, ref_labels.to(labels.device), ref_self_index)
         ref_embeddings = ref_embeddings.to(embeddings.device)
         dist = pairwise_distances(embeddings, ref_embeddings, distance=distance)
-    n_valid = count_valid_triplets(labels, *refs)
+    n_valid = count_valid_triplets(labels, refs)
     if n_valid == 0:
         return _zero_loss(dist), dict.fromkeys(STAT_NAMES, 0.0)
     terms, difficulty = _mode_terms(dist, labels, refs, mining, margin, diagnose)
@@ -315,7 +308,7 @@ class _Terms(NamedTuple):
 def _mode_terms(
     dist: torch.Tensor,
     labels: torch.Tensor,
-    refs: _Refs,
+    refs: References | None,
     mining: str,
     margin: float | None,
     diagnose: bool,
@@ -330,10 +323,9 @@ def _mode_terms(
 
 
 def _ranks(
-    dist: torch.Tensor, labels: torch.Tensor, refs: _Refs, margin: float = 0.0
+    dist: torch.Tensor, labels: torch.Tensor, refs: References | None, margin: float = 0.0
 ) -> Iterator[NegativeRanks]:
-    return rank_negatives(dist, labels, margin, ref_labels=refs.labels,
-                          ref_self_index=refs.self_index)
+    return rank_negatives(dist, labels, margin, ref_labels=refs)
 
 
 def _zero_loss(dist: torch.Tensor) -> torch.Tensor:
@@ -354,7 +346,7 @@ def _no_counts(dist: torch.Tensor) -> torch.Tensor:
 def _explicit(
     dist: torch.Tensor,
     labels: torch.Tensor,
-    refs: _Refs,
+    refs: References | None,
     mining: str,
     margin: float | None,
     diagnose: bool,
@@ -457,7 +449,7 @@ def _constant(value: int, like: torch.Tensor) -> torch.Tensor:
 def _window(
     dist: torch.Tensor,
     labels: torch.Tensor,
-    refs: _Refs,
+    refs: References | None,
     mining: str,
     margin: float,
     diagnose: bool,
@@ -476,7 +468,7 @@ def _window(
                 pairs.add(*_pair_sums(ranks))
     n_window, sum_ap, sum_an = window.values()
     n_window = round(n_window)
-    n_valid = count_valid_triplets(labels, *refs)
+    n_valid = count_valid_triplets(labels, refs)
     n_terms = n_valid if mining == "all" else n_window
     if n_terms == 0:
         loss = _zero_loss(dist)
@@ -515,7 +507,7 @@ def _softplus_block(ranks: NegativeRanks, weights: torch.Tensor) -> torch.Tensor
 
 
 def _soft_all(
-    dist: torch.Tensor, labels: torch.Tensor, refs: _Refs, diagnose: bool
+    dist: torch.Tensor, labels: torch.Tensor, refs: References | None, diagnose: bool
 ) -> tuple[_Terms, torch.Tensor]:
     """``batch_all`` / ``all`` with the soft margin: every term is positive, so both agree."""
     weights = torch.empty_like(dist, requires_grad=False)  # every row is written below
@@ -526,7 +518,7 @@ def _soft_all(
             if diagnose:
                 difficulty += difficulty_counts(ranks)
                 pairs.add(*_pair_sums(ranks))
-    n_valid = count_valid_triplets(labels, *refs)
+    n_valid = count_valid_triplets(labels, refs)
     value = dist.new_tensor(total.values()[0] / n_valid)
     loss = _WithGradient.apply(dist, value, weights.div_(n_valid))
     return _Terms(loss, n_valid, n_valid, n_valid, *_pair_means(pairs)), difficulty
@@ -547,11 +539,11 @@ class _WithGradient(torch.autograd.Function):
         return grad * grad_output, None, None
 
 
-def _mean_distance(dist: torch.Tensor, refs: _Refs) -> float:
+def _mean_distance(dist: torch.Tensor, refs: References | None) -> float:
     """Mean of the ``(B, R)`` distances that do not pair an anchor with itself."""
     batch, n_refs = dist.shape
     with torch.no_grad():
-        if refs.self_index is None:
+        if refs is None:
             return float(dist.sum(dtype=torch.float64)) / (batch * (n_refs - 1))
         rows = torch.nonzero(refs.self_index >= 0).squeeze(1)
         keep = torch.ones(dist.shape, dtype=torch.bool, device=dist.device)
@@ -561,7 +553,8 @@ def _mean_distance(dist: torch.Tensor, refs: _Refs) -> float:
 
 
 def _stats(
-    dist: torch.Tensor, refs: _Refs, terms: _Terms, difficulty: torch.Tensor, n_valid: int
+    dist: torch.Tensor, refs: References | None, terms: _Terms, difficulty: torch.Tensor,
+    n_valid: int,
 ) -> dict[str, float]:
     mean_distance = _mean_distance(dist, refs)
     hard, semihard, easy = (int(c) / n_valid for c in difficulty)

@@ -227,7 +227,7 @@ def knn(
     queries: Any,
     gallery: Any = None,
     k: int = 10,
-    metric: str = "cosine",
+    metric: str = "euclidean",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     exclude_self: bool = True,
     device: str | torch.device | None = None,

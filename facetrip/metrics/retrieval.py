@@ -40,7 +40,7 @@ def retrieval_metrics(
     embeddings: Any,
     labels: Any,
     ks: Sequence[int] = (1, 2, 4, 8, 16),
-    metric: str = "cosine",
+    metric: str = "euclidean",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def retrieval_metrics_and_top1(
     embeddings: Any,
     labels: Any,
     ks: Sequence[int] = (1, 2, 4, 8, 16),
-    metric: str = "cosine",
+    metric: str = "euclidean",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     device: str | torch.device | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -302,53 +303,72 @@ def verification_metrics(
     n_neg = d.size - n_pos
     order = np.argsort(d, kind="stable")
     thresholds, tp, fp = _threshold_sweep(d[order], same[order])
-    sweeps: Iterator[Sweep]
-    if calibration is not None:
-        fit_d, fit_same = _as_pairs(*calibration)
-        fit_order = np.argsort(fit_d, kind="stable")
-        fit = _threshold_sweep(fit_d[fit_order], fit_same[fit_order])
-        fit_neg = int(fit_same.size - fit_same.sum())
-        protocol, n_folds_found = "calibrated", 1
-        sweeps = iter([(fit, fit_neg, d, same)])  # one "fold": every scored pair
-    else:
-        fold = _fold_ids(d.size, folds, n_folds)
-        n_folds_found = int(np.unique(fold).size)
-        protocol = "k-fold" if n_folds_found > 1 else "in-sample"
-        sweeps = _fold_sweeps(d, same, fold, protocol == "k-fold")
-        fit_d, fit_same, fit, fit_neg = d, same, (thresholds, tp, fp), n_neg
-    accuracies, val_at_far = _kfold_metrics(sweeps, fars)
-    best_threshold = fit[0][_best_accuracy_index(fit[1], fit[2], fit_neg)]
+    fitting = _Fitting.of(d, same, (thresholds, tp, fp), folds, n_folds, calibration)
+    accuracies, val_at_far = _kfold_metrics(fitting.sweeps, fars)
+    fit = fitting.sweep
+    best_threshold = fit[0][_best_accuracy_index(fit[1], fit[2], fitting.negatives)]
     result: dict[str, Any] = {
-        "protocol": protocol,
+        "protocol": fitting.protocol,
         "accuracy": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies)) if len(accuracies) > 1 else None,
-        "threshold": _finite_threshold(best_threshold, fit_d),
-        "auc": None,
-        "eer": None,
+        "threshold": _finite_threshold(best_threshold, fitting.distances),
+        "auc": None, "eer": None,
         "val_at_far": {float(far): None for far in fars},
         "tar_at_far": {float(far): None for far in fars},
         "n_pairs": int(d.size),
         "n_same": n_pos,
         "n_different": n_neg,
-        "folds": n_folds_found,
-        "held_out": protocol != "in-sample",
+        "folds": fitting.n_folds,
+        "held_out": fitting.protocol != "in-sample",
     }
     if calibration is not None:
-        n_cal_same = int(fit_same.sum())
-        result["calibration"] = {"n_pairs": int(fit_d.size), "n_same": n_cal_same,
-                                 "n_different": int(fit_d.size) - n_cal_same}
+        n_cal_same = int(fitting.same.sum())
+        result["calibration"] = {"n_pairs": int(fitting.distances.size), "n_same": n_cal_same,
+                                 "n_different": int(fitting.distances.size) - n_cal_same}
     if n_pos > 0 and n_neg > 0:
-        fpr, tpr = fp / n_neg, tp / n_pos
-        result["auc"] = _auc(fpr, tpr)
-        result["eer"] = _eer(fpr, tpr)
-        result["val_at_far"] = val_at_far
-        result["tar_at_far"] = {
-            float(far): None
-            if _too_few_negatives(n_neg, far)
-            else float(tpr[_far_index(fp, n_neg, far)])
-            for far in fars
-        }
+        result.update(_roc_fields(tp, fp, n_pos, n_neg, fars), val_at_far=val_at_far)
     return result
+
+
+def _roc_fields(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int,
+                fars: Sequence[float]) -> dict[str, Any]:
+    """``auc``, ``eer`` and ``tar_at_far`` from the threshold sweep's TP / FP counts."""
+    fpr, tpr = fp / n_neg, tp / n_pos
+    return {"auc": _auc(fpr, tpr), "eer": _eer(fpr, tpr),
+            "tar_at_far": {float(far): None if _too_few_negatives(n_neg, far)
+                           else float(tpr[_far_index(fp, n_neg, far)]) for far in fars}}
+
+
+@dataclass
+class _Fitting:
+    """Where :func:`verification_metrics` fits its thresholds: the calibration pairs (one
+    "fold": every scored pair), or the scored pairs' own folds (k-fold, or in-sample with one
+    fold). ``sweep`` is the threshold sweep of all the fitting pairs."""
+
+    protocol: str
+    n_folds: int
+    sweeps: Iterator[Sweep]  #: per scored fold: (fitting sweep, negatives, test d, test same)
+    distances: np.ndarray  #: (Q,) the fitting pairs' distances
+    same: np.ndarray  #: (Q,) and their labels
+    sweep: tuple[np.ndarray, np.ndarray, np.ndarray]  #: (thresholds, TP, FP) of all of them
+    negatives: int
+
+    @classmethod
+    def of(cls, d: np.ndarray, same: np.ndarray, sweep: tuple[np.ndarray, np.ndarray, np.ndarray],
+           folds: Any, n_folds: int,
+           calibration: tuple[Any, Any] | None) -> _Fitting:
+        if calibration is not None:
+            fit_d, fit_same = _as_pairs(*calibration)
+            fit_order = np.argsort(fit_d, kind="stable")
+            fit = _threshold_sweep(fit_d[fit_order], fit_same[fit_order])
+            fit_neg = int(fit_same.size - fit_same.sum())
+            return cls("calibrated", 1, iter([(fit, fit_neg, d, same)]), fit_d, fit_same, fit,
+                       fit_neg)
+        fold = _fold_ids(d.size, folds, n_folds)
+        found = int(np.unique(fold).size)
+        protocol = "k-fold" if found > 1 else "in-sample"
+        return cls(protocol, found, _fold_sweeps(d, same, fold, protocol == "k-fold"), d, same,
+                   sweep, int(same.size - same.sum()))
 
 
 def operating_points(

@@ -120,25 +120,7 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
                                                     cfg.eval.pairs_per_fold, cfg.seed)
         if val_pairs is None:
             val_idx = None
-    min_images = max(2, d.min_images_per_identity)
-    kept = filter_min_images(train_idx, min_images)
-    counts = train_idx.images_per_class()
-    excluded = {c: int(n) for c, n in zip(train_idx.classes, counts, strict=True)
-                if n < min_images}
-    excluded.update({c: 0 for c in full.empty_classes})
-    if len(kept.classes) < cfg.sampler.p:
-        raise UserError(
-            f"{d.root}: only {len(kept.classes)} training identities have at least "
-            f"{min_images} images; sampler.p={cfg.sampler.p} needs at least that many"
-        )
-    if cfg.sampler.p * cfg.sampler.k > len(kept):
-        raise UserError(
-            f"sampler.p x sampler.k = {cfg.sampler.p * cfg.sampler.k} images per batch, but the "
-            f"training split has only {len(kept)} usable images; lower sampler.p or sampler.k"
-        )
-    if cfg.sampler.p % world_size:
-        raise UserError(f"sampler.p={cfg.sampler.p} (identities per global batch) must be a "
-                        f"multiple of the {world_size} processes")
+    kept, excluded = _training_identities(full, train_idx, cfg, world_size)
     sampler = SeededBatchSampler(PKSampler(kept.labels, cfg.sampler.p, cfg.sampler.k,
                                            cfg.sampler.batches_per_epoch, seed=cfg.seed),
                                  seed=cfg.seed, rank=rank, world_size=world_size)
@@ -167,6 +149,38 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
         excluded=excluded, cache_note=cache_note, val_note=val_note,
     )
 
+
+
+def _training_identities(full: ImageFolderIndex, train_idx: ImageFolderIndex, cfg: Config,
+                         world_size: int) -> tuple[ImageFolderIndex, dict[str, int]]:
+    """``(the identities PK batches can draw from, identity -> usable images of those left
+    out)``: training identities with at least ``min_images_per_identity`` (and 2) images.
+
+    Raises:
+        UserError: too few identities or images for one batch, or a ``sampler.p`` the
+            processes cannot share.
+    """
+    d = cfg.data
+    min_images = max(2, d.min_images_per_identity)
+    kept = filter_min_images(train_idx, min_images)
+    counts = train_idx.images_per_class()
+    excluded = {c: int(n) for c, n in zip(train_idx.classes, counts, strict=True)
+                if n < min_images}
+    excluded.update({c: 0 for c in full.empty_classes})
+    if len(kept.classes) < cfg.sampler.p:
+        raise UserError(
+            f"{d.root}: only {len(kept.classes)} training identities have at least "
+            f"{min_images} images; sampler.p={cfg.sampler.p} needs at least that many"
+        )
+    if cfg.sampler.p * cfg.sampler.k > len(kept):
+        raise UserError(
+            f"sampler.p x sampler.k = {cfg.sampler.p * cfg.sampler.k} images per batch, but the "
+            f"training split has only {len(kept)} usable images; lower sampler.p or sampler.k"
+        )
+    if cfg.sampler.p % world_size:
+        raise UserError(f"sampler.p={cfg.sampler.p} (identities per global batch) must be a "
+                        f"multiple of the {world_size} processes")
+    return kept, excluded
 
 
 def _worker_ignores_interrupts(worker_id: int) -> None:

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = root / "data"
-    run_cli("synth", data, "--identities", 16, "--images-per-identity", 5, "--size", 32)
+    run_cli("synth", "--out", data, "--identities", 16, "--images-per-identity", 5, "--size", 32)
     out = run_cli("train", *_sets(TINY + [f"data.root={data}"]), "--out", root / "run")
     return root, data, out
 
@@ -76,7 +76,7 @@ def test_an_interrupted_run_resumes_exactly(tiny_run, tmp_path):
 def test_eval_embed_export_round_trip(tiny_run, tmp_path):
     root, data, _ = tiny_run
     ckpt = root / "run" / "best.pt"
-    run_cli("eval", "--checkpoint", ckpt, "--data", data, "--out", tmp_path / "eval",
+    run_cli("eval", "--model", ckpt, data, "--out", tmp_path / "eval",
             "--baseline", "pixels", "--device", "cpu", "--pairs-per-fold", 20, "--folds", 4)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for m in (metrics, metrics["baselines"]["pixels"]):
@@ -84,12 +84,12 @@ def test_eval_embed_export_round_trip(tiny_run, tmp_path):
         assert 0 <= m["verification"]["auc"] <= 1 and m["verification"]["accuracy_std"] >= 0
         assert set(m["retrieval"]["recall_at_k"]) == {"1", "2", "4", "8", "16"}
 
-    run_cli("embed", data, "--checkpoint", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
+    run_cli("embed", data, "--model", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
     npz = np.load(tmp_path / "e.npz")
     assert npz["embeddings"].shape == (80, 16) and npz["embeddings"].dtype == np.float32
     assert npz["paths"][0] == "id_00000/00.png" and npz["labels"].max() == 15
 
-    run_cli("export", "--checkpoint", ckpt, "--out", tmp_path / "m.pt")
+    run_cli("export", "--model", ckpt, "--out", tmp_path / "m.pt")
     sidecar = json.loads((tmp_path / "m.pt.json").read_text())
     assert sidecar["input_size"] == 32 and sidecar["embedding_dim"] == 16
     with warnings.catch_warnings():  # torch >= 2.9 calls TorchScript deprecated
@@ -106,11 +106,11 @@ def test_eval_embed_export_round_trip(tiny_run, tmp_path):
 def test_eval_scores_an_embeddings_file(tiny_run, tmp_path):
     root, data, _ = tiny_run
     ckpt = root / "run" / "best.pt"
-    run_cli("embed", data, "--checkpoint", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
+    run_cli("embed", data, "--model", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
     run_cli("eval", "--embeddings", tmp_path / "e.npz", "--out", tmp_path / "ev",
             "--pairs-per-fold", 20, "--folds", 4, "--k", "1,3", "--no-report")
     from_npz = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    run_cli("eval", "--checkpoint", ckpt, "--data", data, "--out", tmp_path / "ec",
+    run_cli("eval", "--model", ckpt, data, "--out", tmp_path / "ec",
             "--pairs-per-fold", 20, "--folds", 4, "--k", "1,3", "--no-report", "--device", "cpu")
     from_images = json.loads((tmp_path / "ec" / "metrics.json").read_text())
     for key in ("accuracy", "accuracy_std", "threshold", "auc", "eer", "n_pairs"):
@@ -118,8 +118,9 @@ def test_eval_scores_an_embeddings_file(tiny_run, tmp_path):
     for key in ("precision_at_1", "r_precision", "map_at_r", "n_queries"):
         assert from_npz["retrieval"][key] == pytest.approx(from_images["retrieval"][key])
     assert from_npz["retrieval"]["recall_at_k"] == from_images["retrieval"]["recall_at_k"]
-    bad = run_cli("eval", "--embeddings", tmp_path / "e.npz", "--checkpoint", ckpt, ok=False)
-    assert bad.returncode == 2 and "either --checkpoint and --data, or --embeddings" in bad.stderr
+    bad = run_cli("eval", "--embeddings", tmp_path / "e.npz", "--model", ckpt, ok=False)
+    assert bad.returncode == 2
+    assert "either --model (a checkpoint) with DATA, or --embeddings" in bad.stderr
 
 
 @pytest.mark.parametrize(
@@ -128,8 +129,8 @@ def test_eval_scores_an_embeddings_file(tiny_run, tmp_path):
         (["train", "--set", "model.embeding_dim=3"], "unknown config key 'model.embeding_dim'"),
         (["train", "--set", "train.epochs=many"], "config key 'train.epochs': expected int"),
         (["train", "--set", "data.root=/nonexistent/x"], "dataset directory not found"),
-        (["eval", "--checkpoint", "/nonexistent.pt", "--data", "."], "checkpoint not found"),
-        (["synth", "/proc/x", "--identities", "0"], "identities"),
+        (["eval", "--model", "/nonexistent.pt", "."], "checkpoint not found"),
+        (["synth", "--out", "/proc/x", "--identities", "0"], "identities"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(args, message):
@@ -172,7 +173,7 @@ def _best_threshold(d, same):
 def test_eval_calibrates_on_the_runs_held_out_identities(tiny_run, tmp_path):
     root, data, _ = tiny_run
     ckpt = root / "run" / "best.pt"
-    out = run_cli("eval", "--checkpoint", ckpt, "--data", data, "--out", tmp_path / "ev",
+    out = run_cli("eval", "--model", ckpt, data, "--out", tmp_path / "ev",
                   "--calibrate-held-out", "--device", "cpu", "--k", "1,2", "--folds", "2",
                   "--pairs-per-fold", "20", "--no-report")
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -183,7 +184,7 @@ def test_eval_calibrates_on_the_runs_held_out_identities(tiny_run, tmp_path):
     full = scan_identity_folder(data)
     _, _, val = split_for_training(full, cfg)
     val_pairs = generate_pairs(val.labels, n_folds=2, pairs_per_fold=10, seed=cfg.seed)
-    run_cli("embed", data, "--checkpoint", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
+    run_cli("embed", data, "--model", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
     npz = np.load(tmp_path / "e.npz")
     emb = {str(p): e for p, e in zip(npz["paths"], npz["embeddings"])}
 
@@ -209,7 +210,7 @@ def test_eval_calibrates_on_the_runs_held_out_identities(tiny_run, tmp_path):
     assert "were in the model's training run, whose" not in out.stdout
     with pytest.raises(UserError, match="validated on 99 pairs in 2 folds, this data gives 20"):
         held_out_calibration(cfg, full, {"n_pairs": 99, "folds": 2})
-    elsewhere = run_cli("eval", "--checkpoint", ckpt, "--data", _lfw_named_copy(
+    elsewhere = run_cli("eval", "--model", ckpt, _lfw_named_copy(
         data, tmp_path / "copy"), "--calibrate-held-out", "--device", "cpu", ok=False)
     assert elsewhere.returncode == 2 and "evaluate its data.root" in elsewhere.stderr
 
@@ -221,14 +222,14 @@ def test_eval_calibrates_on_other_pairs_and_flags_in_sample_scores(tiny_run, tmp
     ids = sorted(p.name for p in lfw.iterdir())
     cal = _view1(tmp_path / "pairsDevTrain.txt", ids[:8])
     test = _view1(tmp_path / "pairsDevTest.txt", ids[8:])
-    out = run_cli("eval", "--checkpoint", ckpt, "--data", lfw, "--out", tmp_path / "ev",
+    out = run_cli("eval", "--model", ckpt, lfw, "--out", tmp_path / "ev",
                   "--pairs", test, "--calibration-pairs", cal, "--also-pairs", test,
                   "--baseline", "pixels,eigenfaces", "--device", "cpu", "--k", "1,2")
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     ver = m["verification"]
     assert ver["protocol"] == "calibrated" and ver["calibration"]["n_pairs"] == 8
     # by hand: embeddings, the calibration pairs' best threshold, the test pairs' accuracy
-    run_cli("embed", lfw, "--checkpoint", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
+    run_cli("embed", lfw, "--model", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
     npz = np.load(tmp_path / "e.npz")
     where = {str(p): i for i, p in enumerate(npz["paths"])}
 

@@ -45,7 +45,7 @@ def alone(run, tmp_path_factory):
     sidecar, into a folder of its own."""
     mp = pytest.MonkeyPatch()
     out = tmp_path_factory.mktemp("export")
-    mp.setattr(sys, "argv", ["facetrip", "export", "--checkpoint", str(run.checkpoint),
+    mp.setattr(sys, "argv", ["facetrip", "export", "--model", str(run.checkpoint),
                              "--out", str(out / "m.onnx"), "--device", "cpu"])
     with pytest.raises(SystemExit) as done:
         main()
@@ -167,7 +167,7 @@ def test_onnx_export_without_the_extra(monkeypatch, capfd, tmp_path):
 
     ckpt = random_checkpoint(tmp_path / "c.pt", "data.image_size=16", dim=4)
     monkeypatch.setattr(builtins, "__import__", no_onnx)
-    code, _, err = run_main(monkeypatch, capfd, "export", "--checkpoint", ckpt, "--out",
+    code, _, err = run_main(monkeypatch, capfd, "export", "--model", ckpt, "--out",
                             tmp_path / "m.onnx")
     _one_line(code, err, "pip install 'facetrip[onnx]'")
     assert not (tmp_path / "m.onnx").exists()

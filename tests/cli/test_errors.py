@@ -94,7 +94,7 @@ def test_a_pairs_file_that_escapes_the_root_or_repeats_a_pair(monkeypatch, capfd
     n_same = len(line.splitlines())
     different = "\n".join(f"id1 {i} id2 {i}" for i in range(1, n_same + 1))
     (tmp_path / "pairs.txt").write_text(f"{n_same}\n{line}\n{different}\n")
-    code, err = run_main(monkeypatch, capfd, "eval", "--checkpoint", tmp_path / "m.pt",
-                         "--data", faces, "--pairs", tmp_path / "pairs.txt",
+    code, err = run_main(monkeypatch, capfd, "eval", "--model", tmp_path / "m.pt",
+                         faces, "--pairs", tmp_path / "pairs.txt",
                          "--out", tmp_path / "eval")
     _one_line(code, err, message)

@@ -119,7 +119,7 @@ def test_cli_cache_then_train_from_it_with_images_per_s_and_eta(faces, tmp_path)
         assert result.exit_code == 0, result.output
         return result
 
-    made = cli("cache", faces, "--size", 16, "--out", tmp_path / "c")
+    made = cli("cache", faces, "--image-size", 16, "--out", tmp_path / "c")
     assert "12 images of 4 identities, 16x16" in made.stdout
     assert "built (no cache yet)" in made.stdout
     sets = [f"data.root={faces}", f"data.cache={tmp_path / 'c'}", *TINY_RUN,

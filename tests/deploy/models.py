@@ -48,7 +48,7 @@ class TrainedRun:
 
 def trained_run(base: Path) -> TrainedRun:
     """Train and evaluate once into ``base`` (reused when it is there already)."""
-    from facetrip.evaluation.evaluate import evaluate_checkpoint
+    from facetrip.evaluation.evaluate import EvalRequest, PairProtocol, evaluate
     from facetrip.synth import synthesize
     from facetrip.training.train import train
 
@@ -62,7 +62,7 @@ def trained_run(base: Path) -> TrainedRun:
                overwrite=True)
     train(load_config(None, [f"data.root={base / 'train'}", *TRAIN]), base / "run",
           overwrite=True)
-    result = evaluate_checkpoint(run.checkpoint, run.test, folds=2, pairs_per_fold=100,
-                                 ks=(1, 5))
+    result = evaluate(EvalRequest(run.checkpoint, run.test,
+                                  protocol=PairProtocol(folds=2, pairs_per_fold=100), ks=(1, 5)))
     atomic_write(run.metrics, json.dumps(result.metrics, indent=2) + "\n")
     return run

@@ -11,7 +11,7 @@ from facetrip.data.transforms import build_transform
 from facetrip.deploy.embed import embed_folder
 from facetrip.deploy.embedder import load_embedder
 from facetrip.deploy.export import export_model
-from facetrip.evaluation.evaluate import embed_index
+from facetrip.evaluation.sources import embed_index
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.deploy.models import random_checkpoint
 

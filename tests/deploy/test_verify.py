@@ -9,7 +9,7 @@ from facetrip.deploy.embedder import load_embedder
 from facetrip.deploy.export import export_model
 from facetrip.deploy.verify import verify
 from facetrip.errors import UserError
-from facetrip.evaluation.evaluate import load_pairs
+from facetrip.evaluation.sources import load_pairs
 
 
 @pytest.fixture(scope="module")

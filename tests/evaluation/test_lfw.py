@@ -27,8 +27,8 @@ def test_official_pairs_all_resolve_and_are_scored(tmp_path):
             "model": EmbeddingNet(spec).state_dict()}
     atomic_save(ckpt, tmp_path / "untrained.pt")
     proc = subprocess.run(
-        [sys.executable, "-m", "facetrip", "eval", "--checkpoint", tmp_path / "untrained.pt",
-         "--data", LFW, "--pairs", LFW / "pairs.txt", "--out", tmp_path / "eval",
+        [sys.executable, "-m", "facetrip", "eval", "--model", tmp_path / "untrained.pt",
+         LFW, "--pairs", LFW / "pairs.txt", "--out", tmp_path / "eval",
          "--device", "cpu", "--no-report"],
         capture_output=True, text=True, timeout=600,
     )

@@ -39,7 +39,7 @@ def test_retrieval_matches_brute_force_cosine() -> None:
     x = centres[labels] + 1.5 * torch.randn(120, 16, generator=gen)
     x[7] = x[3]  # a duplicate
     expected = brute_retrieval(x, labels, (1, 3, 10), "cosine")
-    result = retrieval_metrics(x, labels, ks=(1, 3, 10), chunk_size=16)
+    result = retrieval_metrics(x, labels, ks=(1, 3, 10), metric="cosine", chunk_size=16)
     for key in ("precision_at_1", "r_precision", "map_at_r"):
         assert result[key] == pytest.approx(expected[key], abs=1e-12), key
     assert result["recall_at_k"] == pytest.approx(expected["recall_at_k"])

@@ -142,7 +142,8 @@ def test_raw_pixels_verify_identities_poorly(tmp_path: Path) -> None:
     from facetrip.data.index import scan_identity_folder
     from facetrip.data.transforms import build_transform
     from facetrip.evaluation.baselines import PixelEmbedder
-    from facetrip.evaluation.evaluate import embed_index, load_pairs, score_embeddings
+    from facetrip.evaluation.evaluate import score_embeddings
+    from facetrip.evaluation.sources import embed_index, load_pairs
 
     synthesize(tmp_path, identities=60, images_per_identity=6, size=64, seed=1)
     index = scan_identity_folder(tmp_path)
