@@ -5,8 +5,9 @@ The command line, in workflow order: ``synth`` (procedural faces), ``cache`` (de
 safetensors, with a calibrated sidecar), ``embed``, ``verify`` (same person?), ``enroll`` and
 ``identify`` (who is this?). ``facetrip --help`` and each command's ``--help`` say more.
 
-In Python, ``facetrip.load_model(path)`` rebuilds the network of a safetensors export (or a checkpoint);
-``facetrip.load_embedder(path)`` opens any model file facetrip makes for embedding images.
+In Python, ``facetrip.load_model(path)`` rebuilds the network of a safetensors export (or a
+checkpoint); ``facetrip.load_embedder(path)`` opens any model file facetrip makes for embedding
+images.
 Both import torch on first use, not on ``import facetrip``.
 """
 
