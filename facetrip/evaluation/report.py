@@ -38,7 +38,7 @@ from facetrip.evaluation.table import columns, metric_rows, protocol_notes
 from facetrip.evaluation.table import fmt as _fmt
 from facetrip.io import atomic_write
 from facetrip.metrics.verification import roc_curve
-from facetrip.training.run import RunLog, read_metrics
+from facetrip.training.metrics_log import RunLog, read_run_log
 
 if TYPE_CHECKING:  # annotations only: no import-time dependency on the eval workflow
     from facetrip.evaluation.evaluate import Evaluation
@@ -250,7 +250,7 @@ def _training_block(run_dir: Path | None) -> _Block:
                            "training curves skipped.")
     path = Path(run_dir) / "metrics.jsonl"
     try:
-        log = read_metrics(path)
+        log = read_run_log(path)
     except OSError:
         return _Block(note=f"No readable {path}; curves skipped.")
     if not log.steps and not log.epochs:

@@ -50,13 +50,8 @@ from facetrip.training.loop import (
     train_one_epoch,
     validate,
 )
-from facetrip.training.run import (
-    MetricsLog,
-    RunDir,
-    TensorBoardScalars,
-    truncate_metrics,
-    write_skip_report,
-)
+from facetrip.training.metrics_log import MetricsLog, TensorBoardScalars, truncate_metrics
+from facetrip.training.rundir import RunDir, write_skip_report
 from facetrip.training.schedule import set_learning_rate
 from facetrip.training.state import TrainState
 

@@ -12,7 +12,7 @@ from facetrip.errors import UserError
 from facetrip.training.checkpoint import load_checkpoint
 from facetrip.training.hooks import TrainHooks
 from facetrip.training.loop import TrainingDiverged
-from facetrip.training.run import read_metrics
+from facetrip.training.metrics_log import read_run_log
 from facetrip.training.train import fit, prepare_run, train
 from tests.conftest import TINY_RUN, as_sets
 
@@ -33,7 +33,7 @@ def test_a_run_writes_its_directory_and_refuses_to_overwrite_it(faces, tmp_path,
     cfg = tiny_config(faces, "sampler.batches_per_epoch=2", "train.epochs=2", "data.workers=0")
     result = train(cfg, tmp_path / "run")
     assert result.steps == 4 and result.best_accuracy is None  # no validation split
-    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    log = read_run_log(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in log.steps] == [1, 2, 3, 4]
     assert [r["epoch"] for r in log.epochs] == [0, 1]
     last = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -43,7 +43,7 @@ def test_a_run_writes_its_directory_and_refuses_to_overwrite_it(faces, tmp_path,
     with pytest.raises(UserError, match="already holds a run; pass --resume"):
         train(cfg, tmp_path / "run")
     again = train(cfg, tmp_path / "run", overwrite=True)
-    assert again.steps == 4 and len(read_metrics(tmp_path / "run" / "metrics.jsonl").steps) == 4
+    assert again.steps == 4 and len(read_run_log(tmp_path / "run" / "metrics.jsonl").steps) == 4
 
 
 def test_resume_keeps_the_saved_config_and_names_every_changed_key(tiny_config, tmp_path):
@@ -66,7 +66,7 @@ def test_tensorboard_scalars_mirror_the_metrics_rows_and_a_resumed_run_continues
     cfg = tiny_config(faces, "sampler.batches_per_epoch=2", "train.epochs=2", "data.workers=0",
                       "train.tensorboard=true", "data.val_fraction=0")
     train(cfg, tmp_path / "run")
-    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    log = read_run_log(tmp_path / "run" / "metrics.jsonl")
 
     def scalars(tag):
         events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
@@ -108,12 +108,12 @@ def test_extending_a_finished_run_restarts_its_schedule_from_the_first_new_step(
     cfg = tiny_config(faces, "sampler.batches_per_epoch=2", "train.epochs=3", "data.workers=0",
                       "optim.warmup_epochs=0", f"optim.lr={lr}", "optim.min_lr=0.001")
     train(cfg, tmp_path / "run")
-    first = read_metrics(tmp_path / "run" / "metrics.jsonl").steps
+    first = read_run_log(tmp_path / "run" / "metrics.jsonl").steps
     assert first[-1]["lr"] == pytest.approx(0.001 + 0.009 * (1 + math.cos(math.pi * 5 / 6)) / 2)
     heard = _Heard()
     longer = load_config(tmp_path / "run" / "config.yaml", ["train.epochs=6"])
     train(longer, tmp_path / "run", resume=True, hooks=heard)
-    rows = read_metrics(tmp_path / "run" / "metrics.jsonl").steps
+    rows = read_run_log(tmp_path / "run" / "metrics.jsonl").steps
     assert [r["lr"] for r in rows[:6]] == [r["lr"] for r in first]  # the past is unchanged
     # steps 7..12: a warm restart at optim.lr, cosine down to min_lr at the new end
     want = [0.001 + 0.009 * (1 + math.cos(math.pi * i / 6)) / 2 for i in range(6)]

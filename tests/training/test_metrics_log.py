@@ -1,6 +1,7 @@
 """The run directory's metrics.jsonl: one writer, one reader."""
 
-from facetrip.training.run import MetricsLog, RunDir, read_metrics
+from facetrip.training.metrics_log import MetricsLog, read_run_log
+from facetrip.training.rundir import RunDir
 
 
 def test_metrics_rows_round_trip_and_garbage_lines_are_skipped(tmp_path):
@@ -12,7 +13,7 @@ def test_metrics_rows_round_trip_and_garbage_lines_are_skipped(tmp_path):
         f.write('{"type": "step", "epoch": 1, "step": 2, "lo')  # a run killed mid-line
     with MetricsLog(run.metrics, append=True) as log:
         log.step(1, 3, 0.25, 1e-3, 90.0, {})
-    got = read_metrics(run.metrics)
+    got = read_run_log(run.metrics)
     assert [r["step"] for r in got.steps] == [1, 3]  # the torn row alone is lost
     assert got.steps[0] == {"type": "step", "epoch": 0, "step": 1, "loss": 0.5, "lr": 1e-3,
                             "images_per_s": 100.0, "active_fraction": 0.25}
