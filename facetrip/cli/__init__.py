@@ -12,7 +12,14 @@ from __future__ import annotations
 import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from facetrip.cli import data, deploy, evaluate, recognize, train  # noqa: F401  (register the commands)
+from facetrip.cli import (  # noqa: F401  (register the commands)
+    data,
+    deploy,
+    evaluate,
+    pack,
+    recognize,
+    train,
+)
 from facetrip.cli.app import app, library_logger
 from facetrip.errors import UserError
 

@@ -150,7 +150,20 @@ def decode_rgb(
         ImageError: with ``reason`` for the skip report; never another exception type for a
             bad file.
     """
-    data = read_bytes(path)
+    return decode_bytes(read_bytes(path), reduction)
+
+
+def decode_bytes(
+    data: bytes | bytearray, reduction: Callable[[int, int], int] | None = None
+) -> torch.Tensor:
+    """:func:`decode_rgb` of an encoded image held in memory (a record of a RecordIO file, an
+    image of a ``.bin`` set): ``(3, H, W)`` uint8 RGB.
+
+    Raises:
+        ImageError: as :func:`decode_rgb`.
+    """
+    if not isinstance(data, bytearray):  # torch.frombuffer wants a writable buffer
+        data = bytearray(data)
     try:
         img = _open_header(io.BytesIO(data))
         fmt, (width, height), mode = img.format, img.size, img.mode

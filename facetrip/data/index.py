@@ -61,13 +61,21 @@ class ImageFolderIndex:
         )
 
     def skip_summary(self) -> str:
-        """One line such as ``skipped 3 files: 2 unreadable, 1 too large`` ('' if none)."""
-        if not self.skipped:
-            return ""
-        counts = Counter(s.reason.split(":")[0] for s in self.skipped)
-        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        parts = ", ".join(f"{n} {reason}" for reason, n in ordered)
-        return f"skipped {len(self.skipped)} file{'s' * (len(self.skipped) != 1)}: {parts}"
+        """One line such as ``skipped 3 files: 2 unreadable, 1 too large`` ('' if none);
+        "records" for a RecordIO set."""
+        return skip_summary(self.skipped, "record" if Path(self.root).suffix == ".rec"
+                            else "file")
+
+
+def skip_summary(skipped: list[SkippedFile], what: str = "file") -> str:
+    """One line such as ``skipped 3 files: 2 unreadable, 1 too large`` ('' if none): the
+    count of each reason category (the text before the first colon)."""
+    if not skipped:
+        return ""
+    counts = Counter(s.reason.split(":")[0] for s in skipped)
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    parts = ", ".join(f"{n} {reason}" for reason, n in ordered)
+    return f"skipped {len(skipped)} {what}{'s' * (len(skipped) != 1)}: {parts}"
 
 
 def check_image(path: Path) -> str | None:

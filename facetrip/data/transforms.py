@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as F
 
 from facetrip.config import DataConfig
 from facetrip.data.crop import crop_region
-from facetrip.data.decode import decode_rgb
+from facetrip.data.decode import decode_bytes, decode_rgb
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)
 """ITU-R 601 luma weights of R, G, B, as torchvision (the exported module reads them)."""
@@ -69,6 +69,11 @@ class Preprocess:
         """Decode ``path`` (at reduced scale when it is far larger than needed) and preprocess:
         ``uint8 (3, size, size)``. Raises :class:`~facetrip.data.decode.ImageError`."""
         return self(decode_rgb(path, self.reduction))
+
+    def load_bytes(self, data: bytes | bytearray) -> torch.Tensor:
+        """:meth:`load` of an encoded image held in memory (a RecordIO record, a ``.bin``
+        image): ``uint8 (3, size, size)``. Raises :class:`~facetrip.data.decode.ImageError`."""
+        return self(decode_bytes(data, self.reduction))
 
     def to_dict(self) -> dict:
         d = asdict(self)
