@@ -1,0 +1,250 @@
+"""The ``.bin`` verification sets of the face literature (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW as
+insightface distributes them): read without running anything, scored with the 10-fold protocol.
+
+A ``.bin`` is a pickle of ``(images, issame)``: ``images`` a list of ``2 P`` encoded images
+(JPEG/PNG bytes), consecutive images forming pair ``i = (2 i, 2 i + 1)``, and ``issame`` ``P``
+flags (a list of bools, or a numpy bool array in some files). The published tables split the
+pairs into 10 contiguous folds, fold ``k`` = pairs ``[k P / 10, (k + 1) P / 10)``, and score
+each fold with the threshold chosen on the other nine: what
+:func:`~facetrip.evaluation.verification.verification_metrics` does with ``folds=None``.
+
+``pickle.load`` runs whatever a file holds; :func:`read_bin` unpickles with an allow-list:
+bytes, lists, tuples, bools, ints, and numpy arrays of dtype bool (``_reconstruct`` /
+``_frombuffer`` under their numpy 1 and 2 module names, ``ndarray``, ``dtype`` restricted to
+bool). Anything else is one :class:`~facetrip.errors.UserError` line, before it is called.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facetrip.data.decode import ImageError
+from facetrip.data.transforms import Normalize, Preprocess
+from facetrip.errors import UserError
+from facetrip.evaluation.embedding import embed_all
+from facetrip.evaluation.pairs import PairIndexList, pair_distances
+from facetrip.evaluation.verification import verification_metrics
+
+BIN_FOLDS = 10  #: the published protocol
+_BOOL = np.dtype(np.bool_)
+
+
+# --------------------------------------------------------------------------- safe unpickling
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global (or an argument) outside the allow-list."""
+
+
+def _dtype(name: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """``numpy.dtype`` for bool only (``'b1'``, as numpy pickles it)."""
+    if name not in ("b1", "?", "bool", b"b1", b"?"):
+        raise _Refused(f"numpy dtype {name!r} (only bool arrays are admitted)")
+    return np.dtype(np.bool_, copy=True)  # a copy: BUILD sets its state, not the singleton's
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype_char: Any) -> np.ndarray:
+    """numpy's ``_reconstruct(ndarray, (0,), b'b')``: an empty array that BUILD then fills
+    from a state whose dtype can only come from :func:`_dtype`."""
+    if subtype is not _NDARRAY:
+        raise _Refused(f"_reconstruct of {subtype!r}")
+    return np.ndarray.__new__(np.ndarray, (0,), _BOOL)
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """numpy's protocol-5 ``_frombuffer`` for bool arrays."""
+    if not isinstance(dtype, np.dtype) or dtype != _BOOL:
+        raise _Refused(f"_frombuffer of dtype {dtype!r}")
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) for n in shape):
+        raise _Refused("_frombuffer shape")
+    array = np.frombuffer(bytes(buffer), dtype=_BOOL).reshape(shape, order=order)
+    return array.copy()
+
+
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    """``_codecs.encode(text, 'latin1')``: how protocol 0-2 pickles from Python 3 hold bytes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused("_codecs.encode other than text to latin1")
+    return codecs.encode(text, "latin1")
+
+
+class _NdarrayToken:
+    """Stands for ``numpy.ndarray`` (only :func:`_reconstruct` accepts it; calling it fails)."""
+
+
+_NDARRAY = _NdarrayToken()
+_ALLOWED = {
+    ("numpy", "dtype"): _dtype,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Bytes, text, lists, tuples, bools, ints, floats, None and numpy bool arrays; any
+    other global is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _Refused("persistent id")
+
+
+def safe_load(data: bytes) -> Any:
+    """Unpickle ``data`` with :class:`SafeUnpickler` (Python 2 strings as bytes).
+
+    Raises:
+        pickle.UnpicklingError: a refused global or a malformed pickle (and what a malformed
+            stream raises: ``EOFError``, ``ValueError``, ``TypeError``...).
+    """
+    return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
+# --------------------------------------------------------------------------- .bin sets
+
+
+@dataclass(frozen=True)
+class VerificationBin:
+    """A ``.bin`` set: ``images[2 i], images[2 i + 1]`` is pair ``i``, ``issame (P,)`` bool."""
+
+    path: Path
+    images: list[bytes]
+    issame: np.ndarray
+
+    @property
+    def name(self) -> str:
+        """``lfw`` for ``lfw.bin``: its key in metrics.json (``bins.<name>``)."""
+        return self.path.stem
+
+    def __len__(self) -> int:
+        return int(self.issame.size)
+
+
+def read_bin(path: str | Path) -> VerificationBin:
+    """Read a ``.bin`` set safely (see the module doc).
+
+    Raises:
+        UserError: (one line) the file is missing, is not a pickle of ``(images, issame)`` of
+            matching lengths, or holds anything outside the allow-list; nothing is run.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        content = safe_load(data)
+    except _Refused as exc:
+        raise UserError(f"{path} is not a plain .bin set: it holds {exc}, which is refused "
+                        "(nothing in it was run)") from None
+    except Exception as exc:  # noqa: BLE001 - a malformed pickle raises many types
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a readable .bin set: {detail}") from None
+    return _as_bin(path, content)
+
+
+def _as_bin(path: Path, content: Any) -> VerificationBin:
+    """Check the unpickled ``(images, issame)`` and convert it."""
+    if not isinstance(content, (tuple, list)) or len(content) != 2:
+        raise UserError(f"{path} is not a .bin set: expected (images, issame), got "
+                        f"{type(content).__name__}")
+    images, issame = content
+    if not isinstance(images, (list, tuple)) or not all(isinstance(b, bytes) for b in images):
+        raise UserError(f"{path} is not a .bin set: its images must be a list of bytes")
+    if isinstance(issame, np.ndarray):
+        if issame.dtype != _BOOL or issame.dtype.fields is not None or issame.ndim != 1:
+            raise UserError(f"{path}: issame must be a 1-D bool array, got {issame.dtype} "
+                            f"{issame.shape}")
+        flags = issame.copy()
+    elif isinstance(issame, (list, tuple)) and all(
+            isinstance(v, (bool, int)) and v in (0, 1) for v in issame):
+        flags = np.asarray(issame, dtype=bool).reshape(-1)
+    else:
+        raise UserError(f"{path} is not a .bin set: issame must be a list of bools")
+    if len(images) != 2 * flags.size or flags.size == 0:
+        raise UserError(f"{path}: {len(images)} images for {flags.size} pairs (need two per "
+                        "pair, at least one pair)")
+    return VerificationBin(path, list(images), flags)
+
+
+def bin_pairs(n_pairs: int, n_folds: int = BIN_FOLDS) -> PairIndexList:
+    """Pair ``i`` = images ``(2 i, 2 i + 1)``; fold ``k`` = pairs ``[k P / n, (k + 1) P / n)``
+    (``issame`` all False: fill it from the set)."""
+    i = np.arange(n_pairs, dtype=np.int64)
+    return PairIndexList(2 * i, 2 * i + 1, np.zeros(n_pairs, bool), i * n_folds // n_pairs)
+
+
+class _BinImages(torch.utils.data.Dataset):
+    """Item ``i``: ``(uint8 (3, S, S) image, 1)``, or a blank image and 0 when it does not
+    decode (its pairs are left out)."""
+
+    def __init__(self, images: list[bytes], preprocess: Preprocess) -> None:
+        self.images, self.preprocess = images, preprocess
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            return self.preprocess.load_bytes(self.images[i]), 1
+        except ImageError:
+            size = self.preprocess.size
+            return torch.zeros(3, size, size, dtype=torch.uint8), 0
+
+
+@dataclass
+class BinScore:
+    """A ``.bin`` scored: ``metrics`` (the fields of ``verification``, plus ``file`` and
+    ``skipped_pairs``), the pairs scored and their distances ``(P',)``."""
+
+    metrics: dict
+    pairs: PairIndexList
+    distances: np.ndarray
+
+
+def score_bin(
+    model: torch.nn.Module,
+    bin_set: VerificationBin,
+    preprocess: Preprocess,
+    normalize: Normalize,
+    device: torch.device,
+    metric: str = "euclidean",
+    flip: bool = False,
+    batch_size: int = 256,
+    workers: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> BinScore:
+    """Embed every image of ``bin_set`` with the model's preprocessing and score its pairs
+    (10 folds, :func:`verification_metrics`); pairs with an image that does not decode are
+    left out and counted (``skipped_pairs``)."""
+    loader = torch.utils.data.DataLoader(_BinImages(bin_set.images, preprocess),
+                                         batch_size=batch_size, num_workers=workers)
+    emb, decoded = embed_all(model, loader, device, batch_transform=normalize.to(device),
+                             flip=flip, progress=progress)
+    pairs = bin_pairs(len(bin_set))
+    keep = (decoded[pairs.idx1] > 0) & (decoded[pairs.idx2] > 0)
+    if not keep.any():
+        raise UserError(f"{bin_set.path}: none of its images decodes")
+    pairs = PairIndexList(pairs.idx1[keep], pairs.idx2[keep], bin_set.issame[keep],
+                          pairs.fold[keep])
+    distances = pair_distances(emb, pairs, metric)
+    metrics = verification_metrics(distances, pairs.issame, folds=pairs.fold)
+    metrics.update(file=str(bin_set.path), skipped_pairs=int((~keep).sum()))
+    return BinScore(metrics, pairs, distances)
