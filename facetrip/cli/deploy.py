@@ -76,14 +76,15 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return height, width
 
 
-@app.command(short_help="Export TorchScript, ONNX or safetensors + a calibrated sidecar.")
+@app.command(short_help="Export torch.export, TorchScript, ONNX or safetensors + a sidecar.")
 def export(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint (.pt) from facetrip train.")],
     out: Annotated[Path, typer.Option(help="Output model file, e.g. model.pt, model.onnx, "
                                            "model.safetensors (sidecar: OUT.json).")],
     format: Annotated[str | None, typer.Option(
-        "--format", help="torchscript, onnx (needs the onnx extra) or safetensors (weights "
-                         "only). Default: from --out's suffix (.onnx, .safetensors), else "
+        "--format", help="export (torch.export, .pt2), torchscript (deprecated by torch), "
+                         "onnx (needs the onnx extra) or safetensors (weights only). Default: "
+                         "from --out's suffix (.pt2, .onnx, .safetensors), else "
                          "torchscript.")] = None,
     calibration: Annotated[Path | None, typer.Option(
         help="facetrip eval's metrics.json of this checkpoint: thresholds for best accuracy "
@@ -93,22 +94,25 @@ def export(
         "--input", help="ONNX input: uint8 (RGB images at --source-size; the graph does the "
                         "whole preprocessing) or float (normalised S x S).")] = "uint8",
     source_size: Annotated[str | None, typer.Option(
-        help="ONNX uint8 input size WIDTHxHEIGHT (default: the run's most common image "
-             "size, else the model input size).")] = None,
+        help="Input size WIDTHxHEIGHT of ONNX uint8 and .pt2 models (default: the run's "
+             "most common image size, else the model input size).")] = None,
     device: Annotated[str, typer.Option(help="Where calibration embeds: auto, cpu, cuda.")
     ] = "auto",
 ) -> None:
     """Export a model that runs without facetrip's training code, plus its JSON sidecar.
 
-    TorchScript: model(x) on normalised input, model.preprocess / model.embed on uint8
-    images of any size. ONNX: a dynamic batch axis, uint8 or float input. safetensors: the
-    weights, for facetrip.load_model(path). Every export is checked against the checkpoint
-    on a batch of images (max |difference| <= 1e-4) before anything is written.
+    torch.export (.pt2): torch.export.load(path).module() on uint8 images of one size, the
+    whole preprocessing inside. TorchScript: model(x) on normalised input, model.preprocess /
+    model.embed on uint8 images of any size. ONNX: a dynamic batch axis, uint8 or float
+    input. safetensors: the weights, for facetrip.load_model(path). Every export is checked
+    against the checkpoint on a batch of images (max |difference| <= 1e-4) before anything is
+    written.
     """
     from facetrip.deploy.export import export_model
 
     if format is None:
-        format = {".onnx": "onnx", ".safetensors": "safetensors"}.get(out.suffix, "torchscript")
+        format = {".onnx": "onnx", ".safetensors": "safetensors", ".pt2": "export"}.get(
+            out.suffix, "torchscript")
     with tqdm(desc="calibrate", unit="img", delay=0.5) as bar:
         result = export_model(checkpoint, out, format, calibration, auto_calibration=True,
                               onnx_input=input, onnx_source_size=parse_size(source_size),

@@ -1,6 +1,6 @@
-"""One interface to every model file facetrip reads: a training checkpoint, or a TorchScript,
-ONNX or safetensors export (with its sidecar). ``embed``, ``verify``, ``enroll`` and
-``identify`` use nothing else, so an exported file alone is enough to run them.
+"""One interface to every model file facetrip reads: a training checkpoint, or a torch.export
+(``.pt2``), TorchScript, ONNX or safetensors export (with its sidecar). ``embed``, ``verify``,
+``enroll`` and ``identify`` use nothing else, so an exported file alone is enough to run them.
 
 An :class:`Embedder` decodes an image file with the model's own preprocessing
 (:attr:`Embedder.loader`, picklable for DataLoader workers) and embeds a batch of those
@@ -29,24 +29,25 @@ from facetrip.deploy.sidecar import (
 )
 from facetrip.errors import UserError
 
-KINDS = ("checkpoint", "torchscript", "onnx", "safetensors")
+KINDS = ("checkpoint", "torchscript", "onnx", "safetensors", "export")
 
 
 @dataclass(frozen=True)
 class SourceSizeLoader:
-    """Decodes an image for an ONNX model with ``uint8`` input: the whole preprocessing is in
-    the graph, which takes one size only. ``load(path) -> uint8 (3, H, W)``; an image of
+    """Decodes an image for a model whose graph does the whole preprocessing at one input size
+    (ONNX with ``uint8`` input, torch.export). ``load(path) -> uint8 (3, H, W)``; an image of
     another size is refused (an :class:`ImageError`, so ``embed`` skips and lists it)."""
 
     height: int
     width: int
+    kind: str = "ONNX"
 
     def load(self, path: str | Path) -> torch.Tensor:
         image = decode_rgb(path)
         if tuple(image.shape[-2:]) != (self.height, self.width):
-            raise ImageError("wrong size", f"{image.shape[-1]}x{image.shape[-2]}; this ONNX "
-                             f"model takes {self.width}x{self.height} (export it with --input "
-                             "float, or as TorchScript, for any size)")
+            raise ImageError("wrong size", f"{image.shape[-1]}x{image.shape[-2]}; this {self.kind} "
+                             f"model takes {self.width}x{self.height} (export it as TorchScript, "
+                             "or ONNX with --input float, for any size)")
         return image
 
 
@@ -154,8 +155,8 @@ def _network(model: torch.nn.Module, mean, std, device: torch.device,
 
 
 def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embedder:
-    """Load any model file facetrip makes (by suffix: ``.onnx``, ``.safetensors``; otherwise
-    a TorchScript export or a training checkpoint, told apart by content).
+    """Load any model file facetrip makes (by suffix: ``.pt2``, ``.onnx``, ``.safetensors``;
+    otherwise a TorchScript export or a training checkpoint, told apart by content).
 
     Exported files are checked against their sidecar (format and sha256), so a sidecar of
     another file is refused.
@@ -169,6 +170,8 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embed
         raise UserError(f"model not found: {path}")
     if path.suffix == ".onnx":
         return _onnx_embedder(path, read_sidecar(path, "onnx"))
+    if path.suffix == ".pt2":
+        return _program_embedder(path, read_sidecar(path, "export"))
     if path.suffix == ".safetensors":
         from facetrip.deploy.weights import model_from_safetensors
 
@@ -210,3 +213,17 @@ def _onnx_embedder(path: Path, meta: dict) -> Embedder:
             return torch.from_numpy(session.run(None, {name: x})[0])
 
     return Embedder(path, "onnx", meta, loader, torch.device("cpu"), forward)
+
+
+def _program_embedder(path: Path, meta: dict) -> Embedder:
+    """A torch.export program: ``uint8`` images of its input size, run on the CPU (where it
+    was exported; its resize is torch's ``uint8`` CPU kernel)."""
+    from facetrip.deploy.export_program import load_program
+
+    module = load_program(path)
+    loader = SourceSizeLoader(*meta["export"]["input_shape"][2:], kind="torch.export")
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return module(images.cpu())
+
+    return Embedder(path, "export", meta, loader, torch.device("cpu"), forward)

@@ -1,4 +1,5 @@
-"""``facetrip export``: a checkpoint -> TorchScript, ONNX or safetensors, plus one JSON sidecar
+"""``facetrip export``: a checkpoint -> TorchScript, ONNX, safetensors or torch.export (``.pt2``),
+plus one JSON sidecar
 (:mod:`facetrip.deploy.sidecar`), checked for parity before anything is written.
 
 Parity: the exported model runs on a batch of images (the run's own when its dataset is
@@ -35,7 +36,8 @@ from facetrip.version import __version__
 
 PARITY_LIMIT = 1e-4
 PARITY_IMAGES = 16
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
+SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors",
+            "export": ".pt2"}
 
 
 class ExportedEmbedder(nn.Module):
@@ -269,13 +271,15 @@ def export_model(
     Args:
         checkpoint: a training checkpoint (``best.pt``).
         out: the model file; the sidecar is ``out`` + ``.json``.
-        fmt: ``torchscript``, ``onnx`` (the ``onnx`` extra) or ``safetensors``.
+        fmt: ``torchscript``, ``onnx`` (the ``onnx`` extra), ``safetensors`` or ``export``
+            (torch.export, ``.pt2``).
         calibration: ``facetrip eval``'s metrics.json of this checkpoint; without it, and with
             ``auto_calibration``, ``eval/metrics.json`` beside the checkpoint when it
             evaluates this checkpoint.
         onnx_input: ``uint8`` (whole preprocessing in the graph) or ``float``.
-        onnx_source_size: ``(H, W)`` of the ONNX ``uint8`` input; default the most common
-            size of the run's images, else the model input size.
+        onnx_source_size: ``(H, W)`` of the ONNX ``uint8`` input and of the torch.export
+            program's input; default the most common size of the run's images, else the
+            model input size.
         device: where calibration embeds its images.
         progress: ``progress(n)`` per batch of calibration images embedded.
 
@@ -301,6 +305,11 @@ def export_model(
         if onnx_input == "uint8":
             size = tuple(onnx_source_size or source_size(cfg.data.root, pre.size))
         data, fmt_info = onnx_bytes(model, pre, mean, std, onnx_input, size)
+    elif fmt == "export":
+        from facetrip.deploy.export_program import program_bytes
+
+        size = tuple(onnx_source_size or source_size(cfg.data.root, pre.size))
+        data, fmt_info = program_bytes(model, pre, mean, std, size)
     elif fmt == "torchscript":
         data = torchscript_bytes(model, pre, mean, std)
     meta = {
@@ -330,6 +339,10 @@ def export_model(
         got = _torchscript_embeddings(data, images)
     elif fmt == "onnx":
         got = _onnx_embeddings(data, fmt_info, pre, mean, std, images)
+    elif fmt == "export":
+        from facetrip.deploy.export_program import program_embeddings
+
+        got = program_embeddings(data, images)
     else:
         got = _safetensors_embeddings(data, model, pre, mean, std, images)
     diff = float((got.float() - expected).abs().max())
@@ -355,8 +368,8 @@ def export_model(
         checkpoint=str(checkpoint),
         exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    if fmt == "onnx":
-        meta["onnx"] = fmt_info
+    if fmt in ("onnx", "export"):
+        meta[fmt] = fmt_info
     atomic_write(out, data)
     sidecar = atomic_write(sidecar_path(out), json.dumps(meta, indent=2) + "\n")
     return ExportResult(out, sidecar, fmt, parity, calib, notes)
@@ -374,4 +387,8 @@ def _input_description(fmt: str, info: dict) -> str:
                     "run's whole preprocessing (crop, resize, grey, normalise)")
         return (f"'{info['input_name']}': float32 RGB (batch, 3, S, S), values in [0, 1] then "
                 "(x - mean) / std")
+    if fmt == "export":
+        h, w = info["input_shape"][2:]
+        return (f"torch.export.load(path).module()(images): uint8 RGB (batch, 3, {h}, {w}); "
+                "the program does the run's whole preprocessing (crop, resize, grey, normalise)")
     return "weights only: facetrip.load_model(path) -> EmbeddingNet taking what forward does"

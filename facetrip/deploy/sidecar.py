@@ -1,11 +1,12 @@
 """The JSON sidecar of an exported model (``MODEL.json`` beside ``MODEL``), one schema for
-TorchScript, ONNX and safetensors, and the model fingerprint galleries are tied to.
+TorchScript, ONNX, safetensors and torch.export, and the model fingerprint galleries are tied to.
 
 Fields (see README "Deploy"): ``facetrip_version``, ``format``, ``architecture``,
 ``model_spec``, ``input_size``, ``colour_order``, ``crop_fraction``, ``crop_box``,
 ``grayscale``, ``mean``, ``std``, ``embedding_dim``, ``normalized_output``, ``distance``,
 ``input`` (what the file takes), ``fingerprint``, ``file_sha256``, ``parity``,
-``calibration`` (or null), ``checkpoint``, ``exported_at``; ONNX adds ``onnx``.
+``calibration`` (or null), ``checkpoint``, ``exported_at``; ONNX adds ``onnx``, torch.export
+``export``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
 from facetrip.io import atomic_write
 
-FORMATS = ("torchscript", "onnx", "safetensors")
+FORMATS = ("torchscript", "onnx", "safetensors", "export")
 REQUIRED = ("format", "model_spec", "input_size", "crop_fraction", "crop_box", "grayscale",
             "mean", "std", "embedding_dim", "distance", "fingerprint", "file_sha256")
 
