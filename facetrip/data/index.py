@@ -142,8 +142,8 @@ def build_index(
 ) -> ImageFolderIndex:
     """The index of the ``files`` whose reason is ``None``; the others are recorded as skipped.
 
-    Files at the root are skipped ("outside identity folders"); identity folders without a
-    usable image end up in ``empty_classes``.
+    Files at the root are skipped ("outside identity folders", unless their reason says
+    otherwise); identity folders without a usable image end up in ``empty_classes``.
 
     Raises:
         UserError: no identity has a usable image.
@@ -156,7 +156,7 @@ def build_index(
     found: list[list[str]] = [[] for _ in identity_dirs]
     for f, reason in zip(files, reasons, strict=True):
         if f.identity is None:
-            skipped.append(SkippedFile(f.path, "outside identity folders"))
+            skipped.append(SkippedFile(f.path, reason or "outside identity folders"))
         elif reason is not None:
             skipped.append(SkippedFile(f.path, reason))
         else:

@@ -265,6 +265,9 @@ class FaceTransform:
     def load(self, path: str | Path) -> torch.Tensor:
         return self._finish(self.preprocess.load(path))
 
+    def load_bytes(self, data: bytes | bytearray) -> torch.Tensor:
+        return self._finish(self.preprocess.load_bytes(data))
+
 
 def build_transform(
     image_size: int,
