@@ -23,10 +23,10 @@ from facetrip.data.index import (
     filter_min_images,
     read_identity_list,
     restrict_identities,
-    scan_identity_folder,
     split_identities,
 )
 from facetrip.data.sampler import PKSampler, SeededBatchSampler
+from facetrip.data.source import scan_dataset
 from facetrip.data.transforms import BatchAugment, Normalize, preprocess_from_config
 from facetrip.errors import UserError
 from facetrip.loss import TripletLoss
@@ -108,7 +108,7 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
                       (f"built ({why})" if why else "up to date, reused"))
         full = cache.index
     else:
-        full = scan_identity_folder(d.root)
+        full = scan_dataset(d.root)
     if d.strict and full.skipped:
         first = full.skipped[0]
         raise UserError(f"data.strict: {full.skip_summary()} (first: "
@@ -207,7 +207,7 @@ def run_identities(cfg: Config, full: ImageFolderIndex | None = None
     it saw, validation included)``. ``full``: the index of ``data.root`` when the caller has
     it; otherwise ``data.root`` is scanned (UserError when it is gone)."""
     if full is None:
-        full = scan_identity_folder(cfg.data.root)
+        full = scan_dataset(cfg.data.root)
     _, train_idx, val_idx = split_for_training(full, cfg)
     kept = filter_min_images(train_idx, max(2, cfg.data.min_images_per_identity))
     return kept, kept.classes + (val_idx.classes if val_idx is not None else [])
@@ -223,7 +223,7 @@ def run_validation_pairs(cfg: Config, full: ImageFolderIndex | None = None
         UserError: the run held out no identities, or too few to form pairs.
     """
     if full is None:
-        full = scan_identity_folder(cfg.data.root)
+        full = scan_dataset(cfg.data.root)
     _, _, val_idx = split_for_training(full, cfg)
     if val_idx is None:
         raise UserError(f"the run held out no identities (data.val_fraction="

@@ -1,12 +1,10 @@
 """The ``.bin`` verification sets of the face literature (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW as
-insightface distributes them): read without running anything, scored with the 10-fold protocol.
+insightface distributes them), read without running anything (scored by
+:mod:`facetrip.metrics.bins`).
 
 A ``.bin`` is a pickle of ``(images, issame)``: ``images`` a list of ``2 P`` encoded images
 (JPEG/PNG bytes), consecutive images forming pair ``i = (2 i, 2 i + 1)``, and ``issame`` ``P``
-flags (a list of bools, or a numpy bool array in some files). The published tables split the
-pairs into 10 contiguous folds, fold ``k`` = pairs ``[k P / 10, (k + 1) P / 10)``, and score
-each fold with the threshold chosen on the other nine: what
-:func:`~facetrip.evaluation.verification.verification_metrics` does with ``folds=None``.
+flags (a list of bools, or a numpy bool array in some files).
 
 ``pickle.load`` runs whatever a file holds; :func:`read_bin` unpickles with an allow-list:
 bytes, lists, tuples, bools, ints, and numpy arrays of dtype bool (``_reconstruct`` /
@@ -19,7 +17,6 @@ from __future__ import annotations
 import codecs
 import io
 import pickle
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +25,9 @@ import numpy as np
 import torch
 
 from facetrip.data.decode import ImageError
-from facetrip.data.transforms import Normalize, Preprocess
+from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
-from facetrip.evaluation.embedding import embed_all
-from facetrip.evaluation.pairs import PairIndexList, pair_distances
-from facetrip.evaluation.verification import verification_metrics
 
-BIN_FOLDS = 10  #: the published protocol
 _BOOL = np.dtype(np.bool_)
 
 
@@ -184,14 +177,7 @@ def _as_bin(path: Path, content: Any) -> VerificationBin:
     return VerificationBin(path, list(images), flags)
 
 
-def bin_pairs(n_pairs: int, n_folds: int = BIN_FOLDS) -> PairIndexList:
-    """Pair ``i`` = images ``(2 i, 2 i + 1)``; fold ``k`` = pairs ``[k P / n, (k + 1) P / n)``
-    (``issame`` all False: fill it from the set)."""
-    i = np.arange(n_pairs, dtype=np.int64)
-    return PairIndexList(2 * i, 2 * i + 1, np.zeros(n_pairs, bool), i * n_folds // n_pairs)
-
-
-class _BinImages(torch.utils.data.Dataset):
+class BinImages(torch.utils.data.Dataset):
     """Item ``i``: ``(uint8 (3, S, S) image, 1)``, or a blank image and 0 when it does not
     decode (its pairs are left out)."""
 
@@ -209,42 +195,17 @@ class _BinImages(torch.utils.data.Dataset):
             return torch.zeros(3, size, size, dtype=torch.uint8), 0
 
 
-@dataclass
-class BinScore:
-    """A ``.bin`` scored: ``metrics`` (the fields of ``verification``, plus ``file`` and
-    ``skipped_pairs``), the pairs scored and their distances ``(P',)``."""
+def read_bins(paths: list[str | Path] | tuple[str | Path, ...]) -> list[VerificationBin]:
+    """:func:`read_bin` of each path; their names (file stems) must differ, as they key the
+    results (``bins.<name>``).
 
-    metrics: dict
-    pairs: PairIndexList
-    distances: np.ndarray
-
-
-def score_bin(
-    model: torch.nn.Module,
-    bin_set: VerificationBin,
-    preprocess: Preprocess,
-    normalize: Normalize,
-    device: torch.device,
-    metric: str = "euclidean",
-    flip: bool = False,
-    batch_size: int = 256,
-    workers: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> BinScore:
-    """Embed every image of ``bin_set`` with the model's preprocessing and score its pairs
-    (10 folds, :func:`verification_metrics`); pairs with an image that does not decode are
-    left out and counted (``skipped_pairs``)."""
-    loader = torch.utils.data.DataLoader(_BinImages(bin_set.images, preprocess),
-                                         batch_size=batch_size, num_workers=workers)
-    emb, decoded = embed_all(model, loader, device, batch_transform=normalize.to(device),
-                             flip=flip, progress=progress)
-    pairs = bin_pairs(len(bin_set))
-    keep = (decoded[pairs.idx1] > 0) & (decoded[pairs.idx2] > 0)
-    if not keep.any():
-        raise UserError(f"{bin_set.path}: none of its images decodes")
-    pairs = PairIndexList(pairs.idx1[keep], pairs.idx2[keep], bin_set.issame[keep],
-                          pairs.fold[keep])
-    distances = pair_distances(emb, pairs, metric)
-    metrics = verification_metrics(distances, pairs.issame, folds=pairs.fold)
-    metrics.update(file=str(bin_set.path), skipped_pairs=int((~keep).sum()))
-    return BinScore(metrics, pairs, distances)
+    Raises:
+        UserError: as :func:`read_bin`, or two sets with one name.
+    """
+    sets = [read_bin(p) for p in paths]
+    names = [b.name for b in sets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"two .bin sets are named {twice[0]!r} (their results are keyed by "
+                        "file name): rename one")
+    return sets
