@@ -1,38 +1,25 @@
 """.bin verification sets are read without running anything: plain pickles of every protocol
 (and Python 2's) load, anything outside the allow-list is one line and runs nothing."""
 
-import io
 import os
 import pickle
 import re
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from facetrip.data.bins import read_bin, read_bins, safe_load
 from facetrip.errors import UserError
-
-
-def _jpeg(seed, size=20):
-    buf = io.BytesIO()
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def _write(path, content, protocol=pickle.HIGHEST_PROTOCOL):
-    path.write_bytes(pickle.dumps(content, protocol=protocol))
-    return path
+from tests.data.encoded import encoded_image, write_bin
 
 
 @pytest.mark.parametrize("protocol", range(6))
 @pytest.mark.parametrize("as_array", [False, True])
 def test_plain_bins_load_under_every_protocol(tmp_path, protocol, as_array):
-    images = [_jpeg(i) for i in range(4)]
+    images = [encoded_image(i) for i in range(4)]
     issame = np.array([True, False]) if as_array else [True, False]
     bool_state = np.dtype(bool).__reduce__()
-    loaded = read_bin(_write(tmp_path / "x.bin", (images, issame), protocol))
+    loaded = read_bin(write_bin(tmp_path / "x.bin", (images, issame), protocol))
     assert loaded.images == images and loaded.issame.tolist() == [True, False]
     assert loaded.name == "x" and len(loaded) == 2
     assert np.dtype(bool).__reduce__() == bool_state  # numpy's own bool dtype untouched
@@ -58,7 +45,7 @@ class _Touch:
 def test_anything_else_is_refused_in_one_line_and_nothing_runs(tmp_path, payload):
     marker = tmp_path / "pwned"
     content = {
-        "system": ([_jpeg(0), _jpeg(1)], [_Touch(marker)]),
+        "system": ([encoded_image(0), encoded_image(1)], [_Touch(marker)]),
         "eval": pickle.loads(pickle.dumps(([b"a", b"b"], [True]))),  # replaced below
         "object-array": ([b"a", b"b"], np.array([True], dtype=object)),
         "int-array": ([b"a", b"b"], np.array([1], dtype=np.int64)),
@@ -86,7 +73,7 @@ def test_anything_else_is_refused_in_one_line_and_nothing_runs(tmp_path, payload
 ])
 def test_malformed_bins_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        read_bin(_write(tmp_path / "m.bin", content))
+        read_bin(write_bin(tmp_path / "m.bin", content))
     (tmp_path / "cut.bin").write_bytes(pickle.dumps(([b"a", b"b"], [True]))[:10])
     with pytest.raises(UserError, match="not a readable .bin set"):
         read_bin(tmp_path / "cut.bin")
@@ -97,6 +84,6 @@ def test_malformed_bins_are_one_line_errors(tmp_path, content, message):
 def test_two_sets_with_one_name_are_refused(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
-        _write(tmp_path / folder / "lfw.bin", ([b"x", b"y"], [True]))
+        write_bin(tmp_path / folder / "lfw.bin", ([b"x", b"y"], [True]))
     with pytest.raises(UserError, match="two .bin sets are named 'lfw'"):
         read_bins([tmp_path / "a" / "lfw.bin", tmp_path / "b" / "lfw.bin"])

@@ -2,14 +2,12 @@
 MXNet's recordio.py and dmlc-core's recordio.cc lay them out) are read exactly; facetrip's
 own writer round-trips; damaged records are skipped and counted, never fatal."""
 
-import io
 import struct
 import sys
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from facetrip.cli import main
 from facetrip.data.decode import ImageError, decode_bytes, decode_rgb
@@ -28,6 +26,7 @@ from facetrip.data.recordio import (
 )
 from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
+from tests.data.encoded import encoded_image
 
 MAGIC = 0xCED7230A
 
@@ -70,11 +69,7 @@ def write_mx_set(path, records):
 
 
 def tiny_image(seed, fmt="PNG", size=12):
-    """Encoded bytes of a small random RGB image."""
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(buf, fmt)
-    return buf.getvalue()
+    return encoded_image(seed, fmt, size)
 
 
 def insightface_set(path, n_identities=200, seed=0):

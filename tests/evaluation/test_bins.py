@@ -2,35 +2,20 @@
 report, exactly as the same pairs read from an LFW pairs file; a crafted pickle fails in one
 line and runs nothing."""
 
-import io
 import json
 import os
-import pickle
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from facetrip.cli import main
 from facetrip.evaluation.evaluate import EvalRequest, PairProtocol, evaluate
 from facetrip.metrics.pairs import read_pairs
+from tests.data.encoded import encoded_image, write_bin
 from tests.deploy.models import random_checkpoint
 
 LFW = Path(os.environ.get("FACETRIP_LFW", Path(__file__).resolve().parents[3] / "shared/data/lfw"))
-
-
-def _jpeg(seed, size=20):
-    buf = io.BytesIO()
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def _write(path, content, protocol=pickle.HIGHEST_PROTOCOL):
-    path.write_bytes(pickle.dumps(content, protocol=protocol))
-    return path
 
 
 PAIRS_PER_FOLD = 60  #: same and different pairs taken from each of View 2's 10 folds
@@ -58,7 +43,7 @@ def _view2_subset(tmp_path):
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(LFW / rel)
             images.append((LFW / rel).read_bytes())
-    bin_path = _write(tmp_path / "lfw.bin", (images, pairs.issame.tolist()))
+    bin_path = write_bin(tmp_path / "lfw.bin", (images, pairs.issame.tolist()))
     return pairs_file, data, bin_path
 
 
@@ -106,9 +91,9 @@ def test_bins_beside_a_data_set_and_mistakes(tmp_path, monkeypatch, capfd):
     synthesize(tmp_path / "data", identities=6, images_per_identity=4, size=32, seed=0,
                workers=1)
     ckpt = random_checkpoint(tmp_path / "c.pt", "data.image_size=16")
-    images = [_jpeg(i) for i in range(40)]
-    first = _write(tmp_path / "cfp_fp.bin", (images, [i % 2 == 0 for i in range(20)]))
-    second = _write(tmp_path / "agedb_30.bin", (images[::-1], [i % 3 == 0 for i in range(20)]))
+    images = [encoded_image(i) for i in range(40)]
+    first = write_bin(tmp_path / "cfp_fp.bin", (images, [i % 2 == 0 for i in range(20)]))
+    second = write_bin(tmp_path / "agedb_30.bin", (images[::-1], [i % 3 == 0 for i in range(20)]))
     result = evaluate(EvalRequest(ckpt, tmp_path / "data", bins=(first, second),
                                   protocol=PairProtocol(folds=2, pairs_per_fold=10),
                                   ks=(1,)))
@@ -126,7 +111,7 @@ def test_bins_beside_a_data_set_and_mistakes(tmp_path, monkeypatch, capfd):
         def __reduce__(self):
             return os.system, (f"touch {tmp_path / 'pwned'}",)
 
-    evil = _write(tmp_path / "evil.bin", (images[:2], [Evil()]))
+    evil = write_bin(tmp_path / "evil.bin", (images[:2], [Evil()]))
     for args, message in [(("--model", ckpt, "--bin", evil), "refused (nothing in it was run)"),
                           (("--bin", first), "--bin needs --model"),
                           (("--model", ckpt, "--bin", first, "--pairs", tmp_path / "p.txt"),

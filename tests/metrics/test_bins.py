@@ -1,32 +1,18 @@
 """.bin sets are paired and folded as the published tables: consecutive images, ten contiguous
 folds; a pair with an image that does not decode is left out and counted."""
 
-import io
-import pickle
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from facetrip.data.bins import read_bin
 from facetrip.data.transforms import Normalize, Preprocess
 from facetrip.metrics.bins import bin_pairs, embed_bin, score_bin
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
+from tests.data.encoded import encoded_image, write_bin
 from tests.deploy.models import random_checkpoint
-
-
-def _jpeg(seed, size=20):
-    buf = io.BytesIO()
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def _write(path, content, protocol=pickle.HIGHEST_PROTOCOL):
-    path.write_bytes(pickle.dumps(content, protocol=protocol))
-    return path
 
 
 @pytest.mark.parametrize("n", [1, 7, 10, 25, 6000, 7000, 12345])
@@ -43,10 +29,10 @@ def test_pairs_are_consecutive_images_in_ten_contiguous_folds(n):
 def test_an_image_that_does_not_decode_drops_its_pair_only(tmp_path):
     ckpt = random_checkpoint(tmp_path / "c.pt", "data.image_size=16")
     model, cfg = model_from_checkpoint(load_checkpoint(ckpt))
-    images = [_jpeg(i) for i in range(40)]
+    images = [encoded_image(i) for i in range(40)]
     images[5] = images[5][:30]  # pair 2 loses an image
     issame = [i % 2 == 0 for i in range(20)]
-    bin_set = read_bin(_write(tmp_path / "b.bin", (images, issame)))
+    bin_set = read_bin(write_bin(tmp_path / "b.bin", (images, issame)))
     emb, decoded = embed_bin(model, bin_set, Preprocess(16), torch.device("cpu"),
                              Normalize(cfg.data.mean, cfg.data.std))
     assert decoded.tolist() == [i != 5 for i in range(40)]
