@@ -116,6 +116,11 @@ class TrainConfig:
     dist_timeout: float = 1800.0
     #: also log the metrics as TensorBoard scalars in RUN/tensorboard (the tensorboard extra)
     tensorboard: bool = False
+    #: .bin verification sets (insightface's lfw.bin, cfp_fp.bin...) scored after every epoch
+    val_bins: list[str] = field(default_factory=list)
+    #: what best.pt follows: ``val`` (accuracy on the held-out identities' pairs) or ``bins``
+    #: (the mean accuracy over ``val_bins``)
+    best_metric: Literal["val", "bins"] = "val"
 
 
 @dataclass
@@ -266,6 +271,8 @@ def _validate(cfg: Config) -> None:
         (cfg.eval.pairs_per_fold >= 2, "eval.pairs_per_fold must be >= 2"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.folds >= 2, "eval.folds must be >= 2"),
+        (cfg.train.best_metric != "bins" or bool(cfg.train.val_bins),
+         "train.best_metric=bins needs train.val_bins (the .bin sets whose mean it follows)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -180,6 +180,10 @@ class ConsoleHooks(TrainHooks):
             typer.echo(f"epoch {epoch + 1}: val accuracy {val['accuracy']:.4f} "
                        f"± {val['accuracy_std']:.4f}, auc {val['auc']:.4f}")
 
+    def bins_scored(self, epoch: int, bins: dict[str, dict]) -> None:
+        scores = ", ".join(f"{name} {m['accuracy']:.4f}" for name, m in bins.items())
+        typer.echo(f"epoch {epoch + 1}: .bin accuracy {scores}")
+
     def close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from facetrip.config import Config, config_from_dict
+from facetrip.data.bins import VerificationBin, read_bins
 from facetrip.data.cache import load_or_build_cache
 from facetrip.data.dataset import AugmentCollate, CachedFaceDataset, FaceDataset, SeededItems
 from facetrip.data.decode import display_path
@@ -27,7 +28,12 @@ from facetrip.data.index import (
 )
 from facetrip.data.sampler import PKSampler, SeededBatchSampler
 from facetrip.data.source import scan_dataset
-from facetrip.data.transforms import BatchAugment, Normalize, preprocess_from_config
+from facetrip.data.transforms import (
+    BatchAugment,
+    Normalize,
+    Preprocess,
+    preprocess_from_config,
+)
 from facetrip.errors import UserError
 from facetrip.loss import TripletLoss
 from facetrip.metrics.pairs import PairIndexList, generate_pairs
@@ -60,6 +66,9 @@ class TrainData:
     excluded: dict[str, int]  #: identity -> usable images, for identities left out of training
     cache_note: str = ""  #: '' or how the decoded cache was used / why it was (re)built
     val_note: str = ""  #: '' or what validation pairs were drawn instead of the request
+    #: ``train.val_bins``, read (rank 0 only), scored after every epoch with ``preprocess``
+    val_bins: list[VerificationBin] = field(default_factory=list)
+    preprocess: Preprocess | None = None
 
 
 
@@ -147,6 +156,7 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
         train_loader, sampler, val_loader, val_idx, val_pairs, len(kept), len(kept.classes),
         len(excluded), full.skip_summary(), normalize=Normalize(d.mean, d.std), index=full,
         excluded=excluded, cache_note=cache_note, val_note=val_note,
+        val_bins=read_bins(cfg.train.val_bins) if rank == 0 else [], preprocess=preprocess,
     )
 
 

@@ -46,6 +46,10 @@ class TensorBoardScalars:
             value = source.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._writer.add_scalar(f"{prefix}/{key}", value, row["step"])
+        for name, scores in (row.get("bins") or {}).items():
+            for key in self.VAL_KEYS:
+                if isinstance(scores.get(key), float):
+                    self._writer.add_scalar(f"bins/{name}/{key}", scores[key], row["step"])
 
     def close(self) -> None:
         self._writer.close()
@@ -79,9 +83,12 @@ class MetricsLog:
                      "images_per_s": images_per_s, **stats})
 
     def epoch(self, epoch: int, step: int, val: dict | None, replaced_images: int,
-              skipped_steps: int = 0) -> None:
-        self._write({"type": "epoch", "epoch": epoch, "step": step, "val": val,
-                     "replaced_images": replaced_images, "skipped_steps": skipped_steps})
+              skipped_steps: int = 0, bins: dict[str, dict] | None = None) -> None:
+        row = {"type": "epoch", "epoch": epoch, "step": step, "val": val,
+               "replaced_images": replaced_images, "skipped_steps": skipped_steps}
+        if bins is not None:
+            row["bins"] = bins
+        self._write(row)
         self.flush()
 
     def flush(self) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from facetrip.config import Config, config_from_dict, resume_config, save_config
 from facetrip.errors import UserError
+from facetrip.metrics.bins import embed_bin, score_bin
 from facetrip.training.build import (
     TrainData,
     build_loss,
@@ -31,6 +32,7 @@ from facetrip.training.build import (
     load_data,
     resolve_device,
     resolve_precision,
+    resolve_workers,
     saved_schedule,
 )
 from facetrip.training.checkpoint import (
@@ -252,6 +254,29 @@ def train(
     return fit(run, hooks)
 
 
+def score_val_bins(run: PreparedRun) -> dict[str, dict]:
+    """``{name: verification metrics}`` of each ``train.val_bins`` set with the network as it
+    is (10 folds, as :func:`facetrip.metrics.bins.score_bin`)."""
+    data, options = run.data, run.options
+    scores = {}
+    for bin_set in data.val_bins:
+        emb, decoded = embed_bin(run.state.net, bin_set, data.preprocess, options.device,
+                                 options.batch_transform, options.channels_last,
+                                 batch_size=run.cfg.eval.batch_size,
+                                 workers=resolve_workers(run.cfg.data.workers))
+        scores[bin_set.name] = score_bin(bin_set, emb, decoded, run.cfg.eval.metric).metrics
+    return scores
+
+
+def tracked_accuracy(best_metric: str, val: dict | None, bins: dict[str, dict] | None
+                     ) -> float | None:
+    """What ``best.pt`` follows: the held-out pairs' accuracy (``val``), or the mean accuracy
+    of the ``.bin`` sets (``bins``); None when it was not measured (on other ranks)."""
+    if best_metric == "bins":
+        return None if not bins else float(np.mean([b["accuracy"] for b in bins.values()]))
+    return None if val is None else val["accuracy"]
+
+
 class _Epochs:
     """The epoch loop of :func:`fit` and what it carries from step to step: the last
     validation, the newest checkpoint, whether a stop was asked."""
@@ -285,19 +310,22 @@ class _Epochs:
         if run.data.val_loader is not None:
             self.last_val = validate(state.net, run.data.val_loader, run.data.val_pairs,
                                      run.cfg.eval.metric, run.options)
+        bins = score_val_bins(run) if run.data.val_bins else None
         self.metrics.epoch(epoch, state.step, self.last_val,
                            getattr(run.data.train_loader.dataset, "failures", 0),
-                           state.skipped_steps)
-        acc = None if self.last_val is None else self.last_val["accuracy"]
+                           state.skipped_steps, bins=bins)
+        acc = tracked_accuracy(run.cfg.train.best_metric, self.last_val, bins)
         improved = acc is not None and (state.best_accuracy is None or acc > state.best_accuracy)
         if improved:
             state.best_accuracy, state.best_epoch = acc, epoch
         state.epoch, state.batch = epoch + 1, 0
         saved = self.save(self.last_val)
-        if run.ctx.is_main and (improved or run.data.val_index is None):
+        if run.ctx.is_main and (improved or acc is None):  # nothing to follow: the newest
             save_checkpoint(saved, run.dir.best, weights_only=True)
         if run.ctx.is_main:
             self.hooks.epoch_end(epoch, self.last_val)
+            if bins is not None:
+                self.hooks.bins_scored(epoch, bins)
         if self.stop():
             raise TrainingStopped(self.result())
 

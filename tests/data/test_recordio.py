@@ -26,72 +26,14 @@ from facetrip.data.recordio import (
 )
 from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
-from tests.data.encoded import encoded_image
-
-MAGIC = 0xCED7230A
-
-
-# --------------------------------------------------------------------------- the test's writer
-
-
-def mx_payload(label, image=b"", key=0):
-    """MXNet ``recordio.pack``: IRHeader '<IfQQ' (flag, label, id, id2), labels, image."""
-    if isinstance(label, (int, float)):
-        return struct.pack("<IfQQ", 0, float(label), key, 0) + image
-    return (struct.pack("<IfQQ", len(label), 0.0, key, 0)
-            + struct.pack(f"<{len(label)}f", *label) + image)
-
-
-def mx_record(payload):
-    """dmlc-core ``WriteRecord``: cut at every 4-aligned magic (dropped), flags 1/2/3, one
-    padding at the end."""
-    magic = struct.pack("<I", MAGIC)
-    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i:i + 4] == magic]
-    out, start = b"", 0
-    for n, i in enumerate(cuts):
-        out += struct.pack("<II", MAGIC, (1 if n == 0 else 2) << 29 | (i - start))
-        out += payload[start:i]
-        start = i + 4
-    out += struct.pack("<II", MAGIC, (3 if cuts else 0) << 29 | (len(payload) - start))
-    out += payload[start:]
-    return out + b"\0" * (-len(payload[start:]) % 4)
-
-
-def write_mx_set(path, records):
-    """Write ``{key: payload}`` in the given order to ``path`` + its ``.idx``."""
-    data, idx = b"", ""
-    for key, payload in records.items():
-        idx += f"{key}\t{len(data)}\n"
-        data += mx_record(payload)
-    path.write_bytes(data)
-    path.with_suffix(".idx").write_text(idx)
-    return path
-
-
-def tiny_image(seed, fmt="PNG", size=12):
-    return encoded_image(seed, fmt, size)
-
-
-def insightface_set(path, n_identities=200, seed=0):
-    """An insightface-layout set: header record 0, images 1..N, identity records after them.
-    Returns ``(path, {key: (identity, image bytes)})``."""
-    rng = np.random.default_rng(seed)
-    images, key = {}, 1
-    ranges = []
-    for identity in range(n_identities):
-        start = key
-        for _ in range(int(rng.integers(1, 4))):
-            fmt = "JPEG" if key % 3 == 0 else "PNG"
-            images[key] = (identity, tiny_image(key, fmt, size=int(rng.integers(8, 17))))
-            key += 1
-        ranges.append((start, key))
-    first = key
-    records = {0: mx_payload([float(first), float(first + n_identities)])}
-    records.update({k: mx_payload(float(ident), data, k) for k, (ident, data) in images.items()})
-    records.update({first + i: mx_payload([float(a), float(b)], key=first + i)
-                    for i, (a, b) in enumerate(ranges)})
-    return write_mx_set(path, records), images
-
+from tests.data.encoded import (
+    MAGIC,
+    encoded_image,
+    insightface_set,
+    mx_payload,
+    mx_record,
+    write_mx_set,
+)
 
 # --------------------------------------------------------------------------- reading
 
@@ -117,10 +59,11 @@ def _save(path, data):
 
 
 def test_a_set_without_header_records_takes_identities_from_the_labels(tmp_path):
-    records = {k: mx_payload(float(label), tiny_image(k), k)
+    records = {k: mx_payload(float(label), encoded_image(k, "PNG", 12), k)
                for k, label in enumerate([7, 3, 7, 9, 3, 3])}
-    records[6] = mx_payload([9.0, 0.5], tiny_image(6), 6)  # several labels: the first counts
-    records[7] = mx_payload(2.5, tiny_image(7), 7)  # not an identity number
+    # several labels: the first counts
+    records[6] = mx_payload([9.0, 0.5], encoded_image(6, "PNG", 12), 6)
+    records[7] = mx_payload(2.5, encoded_image(7, "PNG", 12), 7)  # not an identity number
     index = scan_record_file(write_mx_set(tmp_path / "im2rec.rec", records))
     assert index.classes == ["3", "7", "9"]
     assert index.paths == ["1", "4", "5", "0", "2", "3", "6"]
@@ -142,11 +85,12 @@ def test_payloads_holding_the_magic_are_split_and_joined_as_dmlc_core_does():
 
 def test_split_records_in_a_set_are_read_whole(tmp_path):
     magic = struct.pack("<I", MAGIC)
-    image = tiny_image(1)
+    image = encoded_image(1, "PNG", 12)
     image = image[:8] + magic + image[8:]  # a PNG with the magic inside, 4-aligned in the payload
     payload = mx_payload(0.0, image, 1)
     assert len(mx_record(payload)) > len(payload) and magic in payload
-    rec = write_mx_set(tmp_path / "s.rec", {1: payload, 2: mx_payload(0.0, tiny_image(2), 2)})
+    other = mx_payload(0.0, encoded_image(2, "PNG", 12), 2)
+    rec = write_mx_set(tmp_path / "s.rec", {1: payload, 2: other})
     index = scan_record_file(rec)
     assert index.paths == ["1", "2"] and index.skipped == []
     assert RecordFile(rec).image(1)[1] == image
@@ -211,7 +155,7 @@ def test_missing_files_and_a_set_without_images_are_one_line_errors(tmp_path):
 
 def test_identity_records_that_disagree_are_skipped(tmp_path):
     records = {0: mx_payload([4.0, 7.0])}
-    records.update({k: mx_payload(0.0, tiny_image(k), k) for k in (1, 2, 3)})
+    records.update({k: mx_payload(0.0, encoded_image(k, "PNG", 12), k) for k in (1, 2, 3)})
     records[4] = mx_payload([1.0, 3.0], key=4)
     records[5] = mx_payload([2.0, 4.0], key=5)  # claims image 2 again
     records[6] = mx_payload([3.0, 99.0], key=6)  # beyond the images
@@ -235,8 +179,8 @@ def folder(tmp_path):
         (root / name).mkdir(parents=True)
         for j in range(3):
             fmt = "JPEG" if j == 1 else "PNG"
-            (root / name / f"{j}.{fmt.lower()}").write_bytes(tiny_image(10 * i + j, fmt, 16))
-    (root / "bob b" / "broken.jpg").write_bytes(tiny_image(99, "JPEG")[:40])
+            (root / name / f"{j}.{fmt.lower()}").write_bytes(encoded_image(10 * i + j, fmt, 16))
+    (root / "bob b" / "broken.jpg").write_bytes(encoded_image(99, "JPEG")[:40])
     (root / "alice" / "notes.txt").write_text("not an image")
     return root
 
@@ -332,7 +276,7 @@ def test_pack_cli(folder, tmp_path, monkeypatch, capfd):
 
 
 def test_an_empty_index_line_and_duplicate_keys(tmp_path):
-    rec = write_mx_set(tmp_path / "d.rec", {k: mx_payload(0.0, tiny_image(k), k)
+    rec = write_mx_set(tmp_path / "d.rec", {k: mx_payload(0.0, encoded_image(k, "PNG", 12), k)
                                             for k in (1, 2)})
     idx = rec.with_suffix(".idx")
     first = idx.read_text().splitlines()[0]

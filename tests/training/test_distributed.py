@@ -118,3 +118,21 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path)
     assert a["step"] == b["step"] == 12
     for key, value in b["model"].items():
         assert torch.equal(a["model"][key], value), key
+
+
+@pytest.mark.slow
+def test_two_processes_shard_a_rec_as_they_shard_its_folder(tmp_path):
+    from facetrip.data.recordio import pack_identity_folder
+
+    synthesize(tmp_path / "data", identities=8, images_per_identity=4, size=24, seed=6,
+               workers=1)
+    rec = pack_identity_folder(tmp_path / "data", tmp_path / "rec" / "train.rec").rec
+    for name, root in (("folder", tmp_path / "data"), ("rec", rec)):
+        sets = as_sets([f"data.root={root}", *TINY_RUN, "sampler.p=4",
+                        "sampler.batches_per_epoch=3", "data.workers=1"])
+        out = run_cli("train", *sets, "--nproc", 2, "--out", tmp_path / name, timeout=600)
+        assert "train: 32 images of 8 identities" in out.stdout
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("folder", "rec"))
+    assert a["step"] == b["step"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(b["model"][key], value), key
