@@ -70,6 +70,8 @@ class ModelConfig:
     pretrained: str | None = None  #: local weights file for the trunk (never downloaded)
     #: refuse ``pretrained`` weights with missing or unexpected trunk keys (false: load the rest)
     pretrained_strict: bool = True
+    #: start from a facetrip checkpoint's whole network (e.g. RUN/best.pt of a pre-training run)
+    init_from: str | None = None
 
 
 @dataclass
@@ -248,6 +250,9 @@ def _validate(cfg: Config) -> None:
         (all(s > 0 for s in cfg.data.std), "data.std values must be > 0"),
         (cfg.data.workers is None or cfg.data.workers >= 0, "data.workers must be >= 0 or null"),
         (cfg.model.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
+        (not (cfg.model.pretrained and cfg.model.init_from),
+         "set model.pretrained (trunk weights) or model.init_from (a facetrip checkpoint), "
+         "not both"),
         (cfg.loss.margin is None or cfg.loss.margin >= 0, "loss.margin must be >= 0 or null"),
         (cfg.loss.margin is not None or cfg.loss.mining != "semihard_all",
          "loss.mining=semihard_all needs a margin (its window is d_ap < d_an < d_ap + margin)"),

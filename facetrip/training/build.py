@@ -32,6 +32,7 @@ from facetrip.errors import UserError
 from facetrip.loss import TripletLoss
 from facetrip.metrics.pairs import PairIndexList, generate_pairs
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
+from facetrip.training.checkpoint import load_checkpoint
 from facetrip.training.schedule import LRSchedule
 
 log = logging.getLogger(__name__)
@@ -282,16 +283,20 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def build_model(cfg: Config) -> EmbeddingNet:
-    """The embedding network of ``cfg.model``, with local trunk weights when configured.
+def build_model(cfg: Config, initial: bool = True) -> EmbeddingNet:
+    """The embedding network of ``cfg.model``; with ``initial`` (a run's start, not a resume),
+    the weights of ``model.init_from`` or the local trunk weights of ``model.pretrained``.
 
     Raises:
-        UserError: the weights file leaves trunk keys missing or holds unexpected ones, and
+        UserError: ``model.init_from`` is not a facetrip checkpoint of this network; the
+            ``model.pretrained`` file leaves trunk keys missing or holds unexpected ones, and
             ``model.pretrained_strict`` is on (the default).
     """
     m = cfg.model
     model = EmbeddingNet(ModelSpec(m.arch, m.stem, m.embedding_dim, m.head_bn))
-    if m.pretrained:
+    if m.init_from and initial:
+        init_from_checkpoint(model, m.init_from)
+    if m.pretrained and initial:
         missing, unexpected = load_trunk_weights(model, m.pretrained)
         if (missing or unexpected) and m.pretrained_strict:
             def some(keys: list[str]) -> str:
@@ -307,6 +312,23 @@ def build_model(cfg: Config) -> EmbeddingNet:
             log.warning("%s: loaded with %d trunk keys missing and %d unexpected",
                         m.pretrained, len(missing), len(unexpected))
     return model
+
+
+def init_from_checkpoint(model: EmbeddingNet, path: str) -> None:
+    """Load the whole network of the facetrip checkpoint ``path`` into ``model``.
+
+    Raises:
+        UserError: not a readable facetrip checkpoint, or one of another network (the
+            differing ``model`` keys are named).
+    """
+    ckpt = load_checkpoint(path)
+    theirs = ckpt["model_spec"]
+    ours = model.spec.to_dict()
+    differ = [f"model.{k}={theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
+              if theirs.get(k) != v]
+    if differ:
+        raise UserError(f"model.init_from={path} holds another network: " + "; ".join(differ))
+    model.load_state_dict(ckpt["model"])
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -153,7 +153,7 @@ def _build_state(cfg: Config, data: TrainData, device: torch.device,
     # seeded here, after the data: building a cache draws from torch's generator (DataLoader
     # seeds), and the initial weights must not depend on whether one was built
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, initial=ckpt is None).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
