@@ -105,14 +105,12 @@ def export(
     weights, for facetrip.load_model(path). Every export is checked against the checkpoint
     on a batch of images (max |difference| <= 1e-4) before anything is written.
     """
-    from facetrip.deploy.export import export_model
+    from facetrip.deploy.export import ExportOptions, export_model
 
-    if format is None:
-        format = {".onnx": "onnx", ".safetensors": "safetensors"}.get(out.suffix, "torchscript")
+    options = ExportOptions(format, calibration, onnx_input=input,
+                            onnx_source_size=parse_size(source_size), device=_device(device))
     with tqdm(desc="calibrate", unit="img", delay=0.5) as bar:
-        result = export_model(checkpoint, out, format, calibration, auto_calibration=True,
-                              onnx_input=input, onnx_source_size=parse_size(source_size),
-                              device=_device(device), progress=bar.update)
+        result = export_model(checkpoint, out, options, progress=bar.update)
     for note in result.notes:
         typer.echo(note)
     p = result.parity
