@@ -41,7 +41,7 @@ def embed(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (ONNX: cpu).")] = "auto",
 ) -> None:
-    from facetrip.deploy.embed import embed_folder, list_images
+    from facetrip.deploy.embed_folder import embed_folder, list_images
     from facetrip.deploy.embedder import load_embedder
 
     if batch_size < 1:

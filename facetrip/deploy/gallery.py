@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from facetrip.data.decode import display_path
 from facetrip.data.index import SkippedFile, scan_identity_folder
-from facetrip.deploy.embed import iter_folder_embeddings
+from facetrip.deploy.embed_folder import first_skipped, stream_rows
 from facetrip.errors import UserError
 from facetrip.io import atomic_write
 from facetrip.metrics.knn import DEFAULT_CHUNK_SIZE, knn
@@ -48,6 +47,37 @@ class EnrollResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     #: identity folders with no usable image (not in the gallery)
     empty: list[str] = field(default_factory=list)
+
+
+def _centroids(rows: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(centroids (n, D) float32, counts (n,))``: each identity's mean embedding,
+    re-normalised to unit length, of ``rows`` ``(N, D)`` grouped by ``labels`` ``(N,)``."""
+    counts = np.bincount(labels, minlength=n)
+    starts = np.concatenate(([0], np.cumsum(counts)))
+    if np.any(np.diff(labels) < 0):  # pragma: no cover - scan orders paths by identity
+        raise AssertionError("gallery rows are not grouped by identity")
+    centroids = np.empty((n, rows.shape[1]), dtype=np.float32)
+    for c in range(n):  # identity rows are contiguous: one slice each
+        mean = np.asarray(rows[starts[c] : starts[c + 1]], np.float64).mean(0)
+        centroids[c] = mean / max(np.linalg.norm(mean), 1e-12)
+    return centroids, counts
+
+
+def _gallery_meta(embedder: Any, root: Path, dim: int, identities: int, images: int) -> dict:
+    """The gallery's ``meta``: the model it is tied to (fingerprint), what it holds, when."""
+    return {
+        "gallery_version": GALLERY_VERSION,
+        "facetrip_version": __version__,
+        "fingerprint": embedder.fingerprint,
+        "model": str(embedder.path),
+        "model_format": embedder.kind,
+        "distance": embedder.distance,
+        "embedding_dim": dim,
+        "root": str(root),
+        "identities": identities,
+        "images": images,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def enroll(
@@ -73,52 +103,21 @@ def enroll(
     root, out = Path(root), Path(out)
     index = scan_identity_folder(root, validate=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    skipped: list[SkippedFile] = list(index.skipped)
-    kept: list[int] = []
-    dim = 0
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        scratch = Path(tmp) / "rows.f32"
-        with open(scratch, "wb") as rows:
-            for emb, idx, failed in iter_folder_embeddings(embedder, root, index.paths,
-                                                           batch_size, workers):
-                skipped += [SkippedFile(index.paths[i], reason) for i, reason in failed]
-                if idx:
-                    rows.write(np.ascontiguousarray(emb, dtype=np.float32).tobytes())
-                    kept += idx
-                    dim = emb.shape[1]
-                if progress is not None:
-                    progress(len(idx) + len(failed))
-        present, labels = np.unique(index.labels[kept], return_inverse=True)
-        if not kept:
+        rows = stream_rows(embedder, root, index.paths, Path(tmp) / "rows.f32", batch_size,
+                           workers, progress)
+        skipped = list(index.skipped) + rows.skipped
+        if not rows.kept:
             raise UserError(f"a gallery of zero identities: no image under {root} could be "
-                            "used" + (f" (e.g. {display_path(skipped[0].path)}: "
-                                      f"{skipped[0].reason})" if skipped else ""))
-        store = np.memmap(scratch, dtype=np.float32, mode="r", shape=(len(kept), dim))
-        counts = np.bincount(labels, minlength=len(present))
-        starts = np.concatenate(([0], np.cumsum(counts)))
-        if np.any(np.diff(labels) < 0):  # pragma: no cover - scan orders paths by identity
-            raise AssertionError("gallery rows are not grouped by identity")
-        centroids = np.empty((len(present), dim), dtype=np.float32)
-        for c in range(len(present)):  # identity rows are contiguous: one slice each
-            mean = np.asarray(store[starts[c] : starts[c + 1]], np.float64).mean(0)
-            centroids[c] = mean / max(np.linalg.norm(mean), 1e-12)
-        meta = {
-            "gallery_version": GALLERY_VERSION,
-            "facetrip_version": __version__,
-            "fingerprint": embedder.fingerprint,
-            "model": str(embedder.path),
-            "model_format": embedder.kind,
-            "distance": embedder.distance,
-            "embedding_dim": dim,
-            "root": str(root),
-            "identities": int(len(present)),
-            "images": len(kept),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+                            "used" + first_skipped(skipped))
+        present, labels = np.unique(index.labels[rows.kept], return_inverse=True)
+        store = rows.array()
+        centroids, counts = _centroids(store, labels, len(present))
+        meta = _gallery_meta(embedder, root, rows.dim, int(len(present)), len(rows.kept))
         arrays = {
             "embeddings": store,
             "labels": labels.astype(np.int64),
-            "paths": np.asarray([index.paths[i] for i in kept]),
+            "paths": np.asarray([index.paths[i] for i in rows.kept]),
             "identities": np.asarray([index.classes[i] for i in present]),
             "centroids": centroids,
             "counts": counts.astype(np.int64),
@@ -128,7 +127,7 @@ def enroll(
         del store, arrays
     empty = list(index.empty_classes) + [index.classes[i] for i in
                                          sorted(set(range(len(index.classes))) - set(present))]
-    return EnrollResult(out, int(len(present)), len(kept), skipped, empty)
+    return EnrollResult(out, int(len(present)), len(rows.kept), skipped, empty)
 
 
 # --------------------------------------------------------------------------- reading
@@ -319,12 +318,3 @@ def rank_identities(
                 out[q] = list(seen.values())
         todo = np.asarray(again, dtype=np.int64)
     return out  # type: ignore[return-value]
-
-
-def gallery_environment_note(gallery: Gallery) -> str:
-    """One line describing the gallery (for the CLI)."""
-    m = gallery.meta
-    return (f"gallery {display_path(gallery.path)}: {m.get('identities')} identities, "
-            f"{m.get('images')} images, {m.get('distance')} distance, enrolled "
-            f"{m.get('created')} from {display_path(m.get('root', '?'))}")
-

@@ -8,7 +8,7 @@ from PIL import Image
 
 from facetrip.data.index import scan_identity_folder
 from facetrip.data.transforms import build_transform
-from facetrip.deploy.embed import embed_folder
+from facetrip.deploy.embed_folder import embed_folder
 from facetrip.deploy.embedder import load_embedder
 from facetrip.deploy.export import ExportOptions, export_model
 from facetrip.evaluation.evaluate import embed_index
