@@ -227,6 +227,17 @@ def checkpoint_calibration(checkpoint: str | Path) -> dict | None:
     }
 
 
+def optional_threshold(
+    calibration: Mapping[str, Any] | None, far: float | None = None,
+    threshold: float | None = None,
+) -> tuple[float | None, str | None]:
+    """:func:`choose_threshold`, or ``(None, None)`` when there is nothing to choose from (no
+    calibration, no ``far``, no ``threshold``): for a ranking, which needs none."""
+    if not calibration and far is None and threshold is None:
+        return None, None
+    return choose_threshold(calibration, far, threshold)
+
+
 def choose_threshold(
     calibration: Mapping[str, Any] | None, far: float | None = None,
     threshold: float | None = None,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from facetrip.data.index import SkippedFile, scan_identity_folder
+from facetrip.deploy.calibration import optional_threshold
 from facetrip.deploy.embed_folder import first_skipped, stream_rows
 from facetrip.errors import UserError
 from facetrip.io import atomic_write
@@ -318,3 +319,60 @@ def rank_identities(
                 out[q] = list(seen.values())
         todo = np.asarray(again, dtype=np.int64)
     return out  # type: ignore[return-value]
+
+
+@dataclass
+class Identification:
+    """The answer for one probe: its ranking, and the known/unknown verdict when there is a
+    threshold (``threshold`` None: a ranking only, ``known`` and ``identity`` None)."""
+
+    probe: str
+    matches: list[Match]  #: the nearest identities, nearest first
+    threshold: float | None
+    threshold_source: str | None  #: "--threshold", "best accuracy on ...", "FAR 0.001 on ..."
+    metric: str
+
+    @property
+    def known(self) -> bool | None:
+        """Whether the nearest identity is nearer than the threshold (None: no threshold)."""
+        if self.threshold is None:
+            return None
+        return self.matches[0].distance < self.threshold
+
+    @property
+    def identity(self) -> str | None:
+        """The nearest identity when it is known, else None."""
+        return self.matches[0].identity if self.known else None
+
+    def to_dict(self) -> dict:
+        return {"probe": self.probe, "identity": self.identity, "known": self.known,
+                "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "metric": self.metric,
+                "matches": [{"identity": m.identity, "distance": m.distance, "image": m.image}
+                            for m in self.matches]}
+
+
+def identify(
+    embedder: Any,
+    gallery: Gallery,
+    probes: list[Path],
+    k: int = 5,
+    by: str = "image",
+    far: float | None = None,
+    threshold: float | None = None,
+) -> list[Identification]:
+    """Rank the ``k`` nearest identities of ``gallery`` for each probe image file, with
+    ``embedder`` (the model that enrolled it, or an export of it), and decide known/unknown
+    when there is a threshold: ``threshold``, else the calibrated one at ``far``, else the
+    best-accuracy one; a model without calibration and neither given ranks only.
+
+    Raises:
+        UserError: another model's gallery; a probe missing or unusable; ``far`` without a
+            calibration (or one that cannot resolve it); a bad ``k`` or ``by``.
+    """
+    check_model(gallery, embedder)
+    value, source = optional_threshold(embedder.calibration, far, threshold)
+    queries = embedder.embed_files(list(probes))
+    ranked = rank_identities(gallery, queries, k, by)
+    return [Identification(str(probe), matches, value, source, gallery.meta["distance"])
+            for probe, matches in zip(probes, ranked, strict=True)]
