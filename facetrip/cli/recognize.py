@@ -9,9 +9,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from tqdm import tqdm
 
-from facetrip.cli.app import app
+from facetrip.cli.app import (
+    BATCH_SIZE_HELP,
+    DEVICE_HELP,
+    MODEL_HELP,
+    WORKERS_HELP,
+    app,
+    check_batch_size,
+    default_workers,
+)
 from facetrip.cli.app import device as _device
-from facetrip.cli.deploy import FACE_CROPS, MODEL_HELP, default_workers
+from facetrip.cli.deploy import FACE_CROPS
 from facetrip.errors import UserError
 
 if TYPE_CHECKING:
@@ -33,7 +41,7 @@ def verify(
     far: Annotated[float | None, typer.Option(help=FAR_HELP)] = None,
     threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     from facetrip.deploy.embedder import load_embedder
     from facetrip.deploy.verify import verify as verify_pair
@@ -52,32 +60,28 @@ def verify(
 
 
 @app.command(short_help="Enroll identity folders into a gallery for identify.",
-             help="Enroll identity folders (GALLERY_DIR/<identity>/<image>) into a gallery: "
-                  "every image's embedding, one mean embedding per identity, and the model's "
-                  "fingerprint, so the gallery is only ever searched with this model. "
+             help="Enroll the identity folders of DATA (DATA/<identity>/<image>) into a "
+                  "gallery: every image's embedding, one mean embedding per identity, and the "
+                  "model's fingerprint, so the gallery is only ever searched with this model. "
                   + FACE_CROPS)
 def enroll(
-    gallery_dir: Annotated[Path, typer.Argument(help="Identity folders of face images.")],
+    data: Annotated[Path, typer.Argument(
+        metavar="DATA", help="Identity folders of face images.", show_default=False)],
     model: Annotated[Path, typer.Option(help=MODEL_HELP)],
     out: Annotated[Path, typer.Option(help="Output gallery, e.g. gallery.npz.")],
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
-    workers: Annotated[int | None, typer.Option(
-        help="Decoding worker processes (default: CPU cores - 1, 1 to 8; 0 = in-process).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 256,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     from facetrip.data.index import scan_identity_folder
     from facetrip.deploy.embedder import load_embedder
     from facetrip.deploy.gallery import enroll as enroll_gallery
 
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    batch_size, workers = check_batch_size(batch_size), default_workers(workers)
     embedder = load_embedder(model, _device(device))
-    total = len(scan_identity_folder(gallery_dir, validate=False))
+    total = len(scan_identity_folder(data, validate=False))
     with tqdm(total=total, desc="enroll", unit="img", delay=0.5) as bar:
-        result = enroll_gallery(embedder, gallery_dir, out, batch_size,
-                                default_workers() if workers is None else workers,
-                                progress=bar.update)
+        result = enroll_gallery(embedder, data, out, batch_size, workers, progress=bar.update)
     if result.skipped:
         s = result.skipped[0]
         typer.echo(f"warning: skipped {len(result.skipped)} files, e.g. {s.path} ({s.reason})",
@@ -112,7 +116,7 @@ def identify(
         "--json", help="Print one JSON object per probe: probe, identity (null when unknown "
                        "or without a threshold), known (null without a threshold), threshold, "
                        "threshold_source, metric, matches.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     from facetrip.deploy.embedder import load_embedder
     from facetrip.deploy.gallery import identify as identify_probes

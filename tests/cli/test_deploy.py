@@ -45,7 +45,7 @@ def alone(run, tmp_path_factory):
     sidecar, into a folder of its own."""
     mp = pytest.MonkeyPatch()
     out = tmp_path_factory.mktemp("export")
-    mp.setattr(sys, "argv", ["facetrip", "export", "--checkpoint", str(run.checkpoint),
+    mp.setattr(sys, "argv", ["facetrip", "export", "--model", str(run.checkpoint),
                              "--out", str(out / "m.onnx"), "--device", "cpu"])
     with pytest.raises(SystemExit) as done:
         main()
@@ -167,10 +167,29 @@ def test_onnx_export_without_the_extra(monkeypatch, capfd, tmp_path):
 
     ckpt = random_checkpoint(tmp_path / "c.pt", "data.image_size=16", dim=4)
     monkeypatch.setattr(builtins, "__import__", no_onnx)
-    code, _, err = run_main(monkeypatch, capfd, "export", "--checkpoint", ckpt, "--out",
+    code, _, err = run_main(monkeypatch, capfd, "export", "--model", ckpt, "--out",
                             tmp_path / "m.onnx")
     _one_line(code, err, "pip install 'facetrip[onnx]'")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_old_checkpoint_option_still_works_with_a_deprecation(monkeypatch, capfd, run,
+                                                                  tmp_path):
+    ckpt = random_checkpoint(tmp_path / "c.pt", "data.image_size=32", dim=4)
+    warning = "warning: --checkpoint is deprecated, use --model"
+    code, out, err = run_main(monkeypatch, capfd, "export", "--checkpoint", ckpt, "--out",
+                              tmp_path / "m.safetensors")
+    assert code == 0 and warning in err.splitlines(), err
+    assert json.loads((tmp_path / "m.safetensors.json").read_text())["format"] == "safetensors"
+    code, out, err = run_main(monkeypatch, capfd, "embed", run.test, "--checkpoint", ckpt,
+                              "--out", tmp_path / "e.npy", "--workers", 0)
+    assert code == 0 and warning in err.splitlines(), err
+    assert np.load(tmp_path / "e.npy").shape == (60, 4)
+    code, _, err = run_main(monkeypatch, capfd, "embed", run.test, "--model", ckpt,
+                            "--checkpoint", ckpt, "--out", tmp_path / "e.npy")
+    _one_line(code, err, "--checkpoint is the old name of --model: give one of them")
+    code, _, err = run_main(monkeypatch, capfd, "export", "--out", tmp_path / "m.pt")
+    _one_line(code, err, "missing option --model")
 
 
 def test_identify_ranks_without_a_threshold(monkeypatch, capfd, run, tmp_path):
