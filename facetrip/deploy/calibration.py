@@ -30,7 +30,7 @@ from facetrip.data.index import ImageFolderIndex, scan_identity_folder
 from facetrip.data.transforms import build_transform
 from facetrip.errors import UserError
 from facetrip.evaluation.sources import Loading, embed_index, load_pairs
-from facetrip.metrics.pairs import pair_distances
+from facetrip.metrics.pairs import PairIndexList, pair_distances
 from facetrip.metrics.verification import operating_points, verification_metrics
 
 FARS = (1e-2, 1e-3, 1e-4)
@@ -91,6 +91,58 @@ def _used_subset(index: ImageFolderIndex, used: np.ndarray) -> ImageFolderIndex:
                             index.classes)
 
 
+def _read_for_calibration(metrics_path: Path, checkpoint: str | Path) -> dict:
+    """``facetrip eval``'s metrics.json, when it can calibrate ``checkpoint``'s export.
+
+    Raises:
+        UserError: it scores an embeddings file or flipped images, evaluates another
+            checkpoint, or its dataset is gone.
+    """
+    metrics = read_metrics(metrics_path)
+    dataset, options = metrics.get("dataset") or {}, metrics.get("options") or {}
+    where = f"calibration {metrics_path}"
+    if "root" not in dataset:
+        raise UserError(f"{where} scores an embeddings file, which cannot be tied to a model: "
+                        "calibrate with `facetrip eval DIR --model CKPT`")
+    if options.get("flip"):
+        raise UserError(f"{where} was measured with --flip, which the exported model does not "
+                        "do: evaluate again without --flip")
+    named = metrics.get("checkpoint")
+    if named and Path(named).exists() and not same_file(named, checkpoint):
+        raise UserError(f"{where} evaluates {named}, not {checkpoint}")
+    if not Path(dataset["root"]).is_dir():
+        raise UserError(f"{where}: its dataset {dataset['root']} is not found (paths are "
+                        "relative to where `facetrip eval` ran)")
+    return metrics
+
+
+def _pair_distances_again(
+    metrics: dict, where: str, model: torch.nn.Module, cfg: Config,
+    device: torch.device | str, batch_size: int, progress: Callable[[int], None] | None,
+) -> tuple[np.ndarray, PairIndexList]:
+    """The distances of the pairs ``metrics`` scored (redrawn, or reread from its pairs
+    file), their images embedded with ``model``: ``((P,) distances, the pairs)``."""
+    ver, dataset = metrics["verification"], metrics["dataset"]
+    options = metrics.get("options") or {}
+    root = Path(dataset["root"])
+    folds, n_pairs = int(ver["folds"]), int(ver["n_pairs"])
+    index = scan_identity_folder(root)
+    pairs = load_pairs(index, dataset.get("pairs_file"), folds, n_pairs // folds,
+                       int(options.get("seed", 0)))
+    if len(pairs) != n_pairs:
+        raise UserError(f"{where}: {root} now gives {len(pairs)} pairs, not the {n_pairs} "
+                        "evaluated: the dataset changed; evaluate again")
+    used = np.unique(np.concatenate([pairs.idx1, pairs.idx2]))
+    d = cfg.data
+    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
+                                crop_box=d.crop_box, grayscale=d.grayscale)
+    emb_used = embed_index(model, _used_subset(index, used), transform, torch.device(device),
+                           Loading(batch_size), progress=progress)
+    emb = np.zeros((len(index), emb_used.shape[1]), dtype=np.float32)
+    emb[used] = emb_used
+    return pair_distances(emb, pairs, options.get("metric", "euclidean")), pairs
+
+
 def calibrate(
     metrics_path: str | Path,
     model: torch.nn.Module,
@@ -119,57 +171,29 @@ def calibrate(
             scores.
     """
     metrics_path = Path(metrics_path)
-    metrics = read_metrics(metrics_path)
-    ver, dataset = metrics["verification"], metrics.get("dataset") or {}
-    options = metrics.get("options") or {}
     where = f"calibration {metrics_path}"
-    if "root" not in dataset:
-        raise UserError(f"{where} scores an embeddings file, which cannot be tied to a model: "
-                        "calibrate with `facetrip eval --checkpoint CKPT --data DIR`")
-    if options.get("flip"):
-        raise UserError(f"{where} was measured with --flip, which the exported model does not "
-                        "do: evaluate again without --flip")
-    named = metrics.get("checkpoint")
-    if named and Path(named).exists() and not same_file(named, checkpoint):
-        raise UserError(f"{where} evaluates {named}, not {checkpoint}")
-    root = Path(dataset["root"])
-    if not root.is_dir():
-        raise UserError(f"{where}: its dataset {root} is not found (paths are relative to "
-                        "where `facetrip eval` ran)")
-    metric = options.get("metric", "euclidean")
-    folds, n_pairs = int(ver["folds"]), int(ver["n_pairs"])
-    index = scan_identity_folder(root)
-    pairs = load_pairs(index, dataset.get("pairs_file"), folds, n_pairs // folds,
-                       int(options.get("seed", 0)))
-    if len(pairs) != n_pairs:
-        raise UserError(f"{where}: {root} now gives {len(pairs)} pairs, not the {n_pairs} "
-                        "evaluated: the dataset changed; evaluate again")
-    used = np.unique(np.concatenate([pairs.idx1, pairs.idx2]))
-    d = cfg.data
-    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
-                                crop_box=d.crop_box, grayscale=d.grayscale)
-    emb_used = embed_index(model, _used_subset(index, used), transform, torch.device(device),
-                           Loading(batch_size), progress=progress)
-    emb = np.zeros((len(index), emb_used.shape[1]), dtype=np.float32)
-    emb[used] = emb_used
-    distances = pair_distances(emb, pairs, metric)
+    metrics = _read_for_calibration(metrics_path, checkpoint)
+    ver, options = metrics["verification"], metrics.get("options") or {}
+    root = Path(metrics["dataset"]["root"])
+    distances, pairs = _pair_distances_again(metrics, where, model, cfg, device, batch_size,
+                                             progress)
     again = verification_metrics(distances, pairs.issame, folds=pairs.fold)
     for key in ("auc", "accuracy"):
         old, new = ver.get(key), again.get(key)
-        if old is not None and new is not None and abs(old - new) > _AGREEMENT + 2 / n_pairs:
+        if old is not None and new is not None and abs(old - new) > _AGREEMENT + 2 / len(pairs):
             raise UserError(f"{where} reports {key} {old:.4f}, but this checkpoint on {root} "
                             f"gives {new:.4f}: another model or changed data; evaluate again")
     points = operating_points(distances, pairs.issame, FARS)
     return {
         "metrics": str(metrics_path),
         "dataset": str(root),
-        "pairs_file": dataset.get("pairs_file"),
-        "pairs": n_pairs,
+        "pairs_file": metrics["dataset"].get("pairs_file"),
+        "pairs": len(pairs),
         "same": int(again["n_same"]),
         "different": int(again["n_different"]),
-        "folds": folds,
+        "folds": int(ver["folds"]),
         "seed": int(options.get("seed", 0)),
-        "distance": metric,
+        "distance": options.get("metric", "euclidean"),
         "date": _eval_date(metrics_path),
         "in_sample": True,
         "held_out_accuracy": ver.get("accuracy"),
@@ -201,6 +225,17 @@ def checkpoint_calibration(checkpoint: str | Path) -> dict | None:
         "best_accuracy": {"threshold": ver["threshold"]},
         "far": {},
     }
+
+
+def optional_threshold(
+    calibration: Mapping[str, Any] | None, far: float | None = None,
+    threshold: float | None = None,
+) -> tuple[float | None, str | None]:
+    """:func:`choose_threshold`, or ``(None, None)`` when there is nothing to choose from (no
+    calibration, no ``far``, no ``threshold``): for a ranking, which needs none."""
+    if not calibration and far is None and threshold is None:
+        return None, None
+    return choose_threshold(calibration, far, threshold)
 
 
 def choose_threshold(

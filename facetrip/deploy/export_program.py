@@ -5,8 +5,9 @@ The program takes ``uint8 (batch, 3, H, W)`` RGB images at one source size ``H x
 run's most common image size by default) with a dynamic batch axis, and does what facetrip
 does to them: the face crop, torch's antialiased bilinear resize to 8 bits (the kernel
 torchvision's ``resize`` uses), grey, normalisation, the network. Out comes ``float32
-(batch, D)``, unit norm. The steps are :class:`~facetrip.deploy.export.ExportedEmbedder`'s, the
-TorchScript module's, traced at that source size, so the two formats cannot drift apart.
+(batch, D)``, unit norm. The steps are
+:class:`~facetrip.deploy.torchscript.ExportedEmbedder`'s, the TorchScript module's, traced at
+that source size, so the two formats cannot drift apart.
 
 Loading needs nothing of facetrip: ``torch.export.load("model.pt2").module()(images)``.
 (The crop's arithmetic rounds, so a symbolic image size would specialise: the size is fixed.)
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from facetrip.data.transforms import Preprocess
-from facetrip.deploy.export import ExportedEmbedder
+from facetrip.deploy.torchscript import ExportedEmbedder
 from facetrip.errors import UserError
 from facetrip.model import EmbeddingNet
 

@@ -1,6 +1,6 @@
 """The baselines a trained model must beat on the same pairs, each a module that runs through
-the one embedding loop: raw pixels (:class:`PixelEmbedder`) and eigenfaces (Turk & Pentland,
-1991: whitened PCA of grey face images, fitted on training images; what a face tool scored
+the embedding loop of evaluation: raw pixels (:class:`PixelEmbedder`) and eigenfaces (Turk &
+Pentland, 1991: whitened PCA of grey face images, fitted on training images; what a face tool scored
 before learned embeddings).
 """
 

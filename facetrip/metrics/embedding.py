@@ -1,10 +1,11 @@
-"""The one embedding loop: batches of images in, ``(B, D)`` float32 embeddings out.
+"""The embedding loop of training and evaluation: batches of images in, ``(B, D)`` float32
+embeddings out.
 
-Validation during training, ``facetrip eval`` (the model and its baselines) and the deploy
-commands (embed, enroll, verify, identify) all run :func:`iter_embeddings` or
-:func:`embed_images`; they differ only in the loader they pass and the module that embeds
-(the network, or a baseline such as
-:class:`~facetrip.evaluation.baselines.PixelEmbedder`).
+Validation during training and ``facetrip eval`` (the model and its baselines) run
+:func:`embed_all`; they differ only in the loader they pass and the module that embeds (the
+network, or a baseline such as :class:`~facetrip.evaluation.baselines.PixelEmbedder`). The
+deploy commands embed through :mod:`facetrip.deploy.embedder` instead, one interface over every
+model format (a checkpoint, TorchScript, ONNX, safetensors), which skips unreadable files.
 """
 
 from __future__ import annotations
@@ -49,17 +50,11 @@ def iter_embeddings(
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     flip: bool = False,
 ) -> Iterator[tuple[torch.Tensor, tuple]]:
-    """Stream ``(embeddings (B, D) float32 on CPU, rest of the batch)`` for each batch.
-
-    The first element of each batch is the image tensor; an empty one (a batch whose files all
-    failed to load) gives ``(0, 0)`` embeddings without running the model. The model runs in
-    eval mode, without autograd.
-    """
+    """Stream ``(embeddings (B, D) float32 on CPU, rest of the batch)`` for each batch (the
+    first element of each batch is the image tensor). The model runs in eval mode, without
+    autograd."""
     model.eval()
     for images, *rest in loader:
-        if images.numel() == 0:
-            yield torch.empty(0, 0), tuple(rest)
-            continue
         yield embed_images(model, images, device, channels_last, batch_transform, flip), \
             tuple(rest)
 

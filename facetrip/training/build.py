@@ -36,8 +36,11 @@ from facetrip.data.transforms import (
 )
 from facetrip.errors import UserError
 from facetrip.loss import TripletLoss
+from facetrip.loss.classifier import IdentityClassifier
+from facetrip.loss.memory import CrossBatchMemory
 from facetrip.metrics.pairs import PairIndexList, generate_pairs
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
+from facetrip.training.checkpoint import load_checkpoint
 from facetrip.training.schedule import LRSchedule
 
 log = logging.getLogger(__name__)
@@ -292,16 +295,20 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def build_model(cfg: Config) -> EmbeddingNet:
-    """The embedding network of ``cfg.model``, with local trunk weights when configured.
+def build_model(cfg: Config, initial: bool = True) -> EmbeddingNet:
+    """The embedding network of ``cfg.model``; with ``initial`` (a run's start, not a resume),
+    the weights of ``model.init_from`` or the local trunk weights of ``model.pretrained``.
 
     Raises:
-        UserError: the weights file leaves trunk keys missing or holds unexpected ones, and
+        UserError: ``model.init_from`` is not a facetrip checkpoint of this network; the
+            ``model.pretrained`` file leaves trunk keys missing or holds unexpected ones, and
             ``model.pretrained_strict`` is on (the default).
     """
     m = cfg.model
     model = EmbeddingNet(ModelSpec(m.arch, m.stem, m.embedding_dim, m.head_bn))
-    if m.pretrained:
+    if m.init_from and initial:
+        init_from_checkpoint(model, m.init_from)
+    if m.pretrained and initial:
         missing, unexpected = load_trunk_weights(model, m.pretrained)
         if (missing or unexpected) and m.pretrained_strict:
             def some(keys: list[str]) -> str:
@@ -319,10 +326,30 @@ def build_model(cfg: Config) -> EmbeddingNet:
     return model
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW; no weight decay on biases and normalisation parameters."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+def init_from_checkpoint(model: EmbeddingNet, path: str) -> None:
+    """Load the whole network of the facetrip checkpoint ``path`` into ``model``.
+
+    Raises:
+        UserError: not a readable facetrip checkpoint, or one of another network (the
+            differing ``model`` keys are named).
+    """
+    ckpt = load_checkpoint(path)
+    theirs = ckpt["model_spec"]
+    ours = model.spec.to_dict()
+    differ = [f"model.{k}={theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
+              if theirs.get(k) != v]
+    if differ:
+        raise UserError(f"model.init_from={path} holds another network: " + "; ".join(differ))
+    model.load_state_dict(ckpt["model"])
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module,
+                    head: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over ``model`` (and a training-only ``head``); no weight decay
+    on biases and normalisation parameters."""
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
     groups = [
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -360,6 +387,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule
     """A per-step LambdaLR following ``schedule``. (The schedule is wrapped in a function, so
     the scheduler's state dict holds plain numbers only.)"""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
+
+
+def build_classifier(cfg: Config, identities: int) -> IdentityClassifier | None:
+    """The identity-classification head of ``loss.classifier`` over the ``identities``
+    training identities, or None when it is off."""
+    c = cfg.loss
+    if c.classifier is None:
+        return None
+    return IdentityClassifier(cfg.model.embedding_dim, identities, c.classifier,
+                              c.classifier_scale, c.classifier_margin)
+
+
+def build_memory(cfg: Config) -> CrossBatchMemory | None:
+    """The cross-batch memory of ``loss.memory`` (None when 0)."""
+    if not cfg.loss.memory:
+        return None
+    return CrossBatchMemory(cfg.loss.memory, cfg.model.embedding_dim, cfg.loss.memory_start)
 
 
 def build_loss(cfg: Config) -> TripletLoss:

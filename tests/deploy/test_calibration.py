@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from facetrip.deploy.calibration import calibrate, choose_threshold, find_calibration
+from facetrip.deploy.calibration import (
+    calibrate,
+    choose_threshold,
+    find_calibration,
+    optional_threshold,
+)
 from facetrip.errors import UserError
 from facetrip.metrics.verification import operating_points, verification_metrics
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -51,6 +56,18 @@ def test_choose_threshold():
         choose_threshold(None)
     with pytest.raises(UserError, match="not both"):
         choose_threshold(calib, far=1e-2, threshold=0.5)
+
+
+def test_a_ranking_needs_no_threshold():
+    calib = {"pairs": 200, "dataset": "d", "date": "x", "best_accuracy": {"threshold": 0.9},
+             "far": {"0.01": {"threshold": 0.3}}}
+    assert optional_threshold(None) == (None, None)
+    assert optional_threshold({}) == (None, None)
+    assert optional_threshold(None, threshold=0.5) == (0.5, "--threshold")
+    assert optional_threshold(calib) == choose_threshold(calib)
+    assert optional_threshold(calib, far=1e-2) == (0.3, "FAR 0.01 on 200 pairs of d, x")
+    with pytest.raises(UserError, match="no calibration"):
+        optional_threshold(None, far=1e-2)
 
 
 def test_calibrate_recovers_eval_and_adds_far_thresholds(run):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from facetrip.deploy.embedder import load_embedder
-from facetrip.deploy.export import export_model
+from facetrip.deploy.export import ExportOptions, export_model
 from facetrip.deploy.export_program import EXAMPLE_BATCH, load_program
 from facetrip.errors import UserError
 from tests.deploy.models import random_checkpoint
@@ -36,8 +36,8 @@ def test_pt2_runs_in_plain_torch_without_facetrip_at_any_batch_size(tmp_path):
     cases, expected = {}, {}
     for variant, size in CASES.items():
         ckpt = random_checkpoint(tmp_path / f"{variant}.pt", *VARIANTS[variant], *NORM)
-        result = export_model(ckpt, tmp_path / f"{variant}.pt2", "export",
-                              onnx_source_size=size)
+        result = export_model(ckpt, tmp_path / f"{variant}.pt2",
+                              ExportOptions(onnx_source_size=size))  # the format: .pt2's
         assert result.parity["max_abs_diff"] <= 1e-5
         raw = _images([size], n=EXAMPLE_BATCH + 3, seed=7)[size]
         cases[variant] = (str(result.path), raw)
@@ -64,7 +64,7 @@ def test_pt2_sidecar_and_embedder(tmp_path):
                workers=1)
     ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS["centre-crop"], *NORM,
                              root=tmp_path / "data")
-    result = export_model(ckpt, tmp_path / "m.pt2", "export")
+    result = export_model(ckpt, tmp_path / "m.pt2", ExportOptions(format="export"))
     meta = json.loads(result.sidecar.read_text())
     assert meta["format"] == "export" and meta["export"]["input_shape"] == ["batch", 3, 40, 40]
     assert meta["export"]["input_dtype"] == "uint8"
@@ -85,3 +85,22 @@ def test_pt2_sidecar_and_embedder(tmp_path):
         load_embedder(tmp_path / "m.pt2")
     with pytest.raises(UserError, match="cannot load torch.export program"):
         load_program(b"not a program")
+
+
+def test_pt2_is_the_format_of_a_pt2_out_on_the_command_line(tmp_path, monkeypatch, capfd):
+    from tests.cli.test_vocabulary import run_main
+
+    ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS["full"])
+    code, out, err = run_main(monkeypatch, capfd, "export", "--model", ckpt, "--out",
+                              tmp_path / "m.pt2", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((tmp_path / "m.pt2.json").read_text())["format"] == "export"
+    assert "parity: max |embedding difference|" in out
+    from facetrip.synth import synthesize
+
+    synthesize(tmp_path / "imgs", identities=2, images_per_identity=2, size=24, seed=0,
+               workers=1)
+    code, out, err = run_main(monkeypatch, capfd, "embed", tmp_path / "imgs", "--model",
+                              tmp_path / "m.pt2", "--out", tmp_path / "e.npz", "--workers", 0)
+    assert code == 0, err
+    assert "wrote 4 embeddings of dimension 8" in out

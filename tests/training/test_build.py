@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
+from facetrip.config import load_config
 from facetrip.errors import UserError
 from facetrip.synth import synthesize
-from facetrip.training.build import draw_validation_pairs, load_data, run_validation_pairs
+from facetrip.training.build import (
+    build_model,
+    draw_validation_pairs,
+    load_data,
+    run_validation_pairs,
+)
 
 CPU = torch.device("cpu")
 
@@ -89,3 +95,32 @@ def test_trunk_weights_that_do_not_fit_are_refused_unless_not_strict(tmp_path, t
                           "model.pretrained_strict=false")
     model = build_model(lenient)
     assert torch.equal(model.trunk.conv1.weight, state["conv1.weight"])
+
+
+def test_init_from_starts_from_a_checkpoints_whole_network(tmp_path):
+    from facetrip.config import config_to_dict
+    from facetrip.io import atomic_torch_save
+
+    cfg = load_config(None, ["model.embedding_dim=8"])
+    torch.manual_seed(1)
+    source = build_model(cfg)
+    with torch.no_grad():
+        source.embed.weight.mul_(3.0)  # unlike any fresh initialisation
+    path = tmp_path / "best.pt"
+    atomic_torch_save({"config": config_to_dict(cfg), "model_spec": source.spec.to_dict(),
+                       "model": source.state_dict()}, path)
+    started = build_model(load_config(None, ["model.embedding_dim=8",
+                                             f"model.init_from={path}"]))
+    for (name, a), b in zip(started.state_dict().items(), source.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    resumed = build_model(load_config(None, ["model.embedding_dim=8",
+                                             f"model.init_from={path}"]), initial=False)
+    assert not torch.equal(resumed.embed.weight, source.embed.weight)  # a resume loads its own
+    with pytest.raises(UserError, match=r"^model.init_from=.* holds another network: "
+                                        r"model.embedding_dim=8 there, 16 here$"):
+        build_model(load_config(None, ["model.embedding_dim=16", f"model.init_from={path}"]))
+    with pytest.raises(UserError, match="checkpoint not found"):
+        build_model(load_config(None, [f"model.init_from={tmp_path / 'absent.pt'}"]))
+    with pytest.raises(UserError, match="model.pretrained .* or model.init_from .*not both"):
+        load_config(None, [f"model.init_from={path}", f"model.pretrained={path}"])
