@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from facetrip.config import Config
-from facetrip.data.index import ImageFolderIndex, scan_identity_folder
+from facetrip.data.index import ImageFolderIndex
+from facetrip.data.source import scan_dataset
 from facetrip.data.transforms import build_transform
 from facetrip.errors import UserError
 from facetrip.evaluation.sources import Loading, embed_index, load_pairs
@@ -52,6 +53,9 @@ def read_metrics(path: str | Path) -> dict:
         metrics = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if isinstance(metrics, dict) and "bins" in metrics and "verification" not in metrics:
+        raise UserError(f"{path} scores only .bin sets: no pairs of a data set to calibrate "
+                        "on (evaluate DATA too)")
     if not isinstance(metrics, dict) or "verification" not in metrics:
         raise UserError(f"{path} is not the metrics.json of `facetrip eval`")
     return metrics
@@ -126,7 +130,7 @@ def _pair_distances_again(
     options = metrics.get("options") or {}
     root = Path(dataset["root"])
     folds, n_pairs = int(ver["folds"]), int(ver["n_pairs"])
-    index = scan_identity_folder(root)
+    index = scan_dataset(root)
     pairs = load_pairs(index, dataset.get("pairs_file"), folds, n_pairs // folds,
                        int(options.get("seed", 0)))
     if len(pairs) != n_pairs:

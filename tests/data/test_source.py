@@ -86,3 +86,13 @@ def test_the_decoded_cache_of_a_rec(packed):
     assert [s.path for s in cache.index.skipped] == ["1"]
     assert cache.index.skipped[0].reason.startswith("corrupt record")
     assert cache.index.skip_summary() == "skipped 1 record: 1 corrupt record"
+
+
+def test_facetrip_cache_of_a_rec(packed, monkeypatch, capfd):
+    from tests.cli.test_vocabulary import run_main
+
+    _, rec = packed
+    code, out, err = run_main(monkeypatch, capfd, "cache", rec, "--image-size", 16, "--out",
+                              rec.parent.parent / "c", "--workers", 0)
+    assert code == 0, err
+    assert "20 images of 5 identities, 16x16" in out and "built (no cache yet)" in out

@@ -114,3 +114,12 @@ def test_calibrate_refuses_other_models_and_settings(run, tmp_path):
         calibrate(tmp_path / "none.json", model, cfg, run.checkpoint)
     path, why = find_calibration(other)
     assert path is None and "no eval/metrics.json" in why
+
+
+def test_an_eval_of_bin_sets_only_cannot_calibrate_and_says_why(tmp_path):
+    from facetrip.deploy.calibration import read_metrics
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"bins": {"lfw": {"accuracy": 0.9}}, "checkpoint": "c.pt"}))
+    with pytest.raises(UserError, match="scores only .bin sets"):
+        read_metrics(path)
