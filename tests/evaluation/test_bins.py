@@ -119,3 +119,19 @@ def test_bins_beside_a_data_set_and_mistakes(tmp_path, monkeypatch, capfd):
         code, _, err = _facetrip(monkeypatch, capfd, "eval", *args, "--out", tmp_path / "x")
         assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "pwned").exists()
+
+
+def test_eval_of_a_rec_is_eval_of_its_folder(tmp_path):
+    from facetrip.data.recordio import pack_identity_folder
+    from facetrip.synth import synthesize
+
+    synthesize(tmp_path / "data", identities=6, images_per_identity=4, size=32, seed=2,
+               workers=1)
+    rec = pack_identity_folder(tmp_path / "data", tmp_path / "rec" / "train.rec").rec
+    ckpt = random_checkpoint(tmp_path / "c.pt", "data.image_size=16")
+    protocol = PairProtocol(folds=2, pairs_per_fold=10)
+    folder, packed = (evaluate(EvalRequest(ckpt, root, protocol=protocol, ks=(1, 2))).metrics
+                      for root in (tmp_path / "data", rec))
+    assert packed["verification"] == folder["verification"]
+    assert packed["retrieval"] == folder["retrieval"]
+    assert packed["dataset"]["images"] == 24 and packed["dataset"]["identities"] == 6
