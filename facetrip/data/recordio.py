@@ -542,6 +542,62 @@ def check_pack_target(out: str | Path, overwrite: bool) -> None:
         raise UserError(f"{display_path(out)} exists; give --overwrite to replace it")
 
 
+@dataclass
+class _Written:
+    """What :func:`write_record_set` wrote so far: per identity its image keys ``[first,
+    end)`` and name, every record's ``(key, offset)``, the image sizes, what was skipped."""
+
+    skipped: list[SkippedFile]
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    sizes: Counter = field(default_factory=Counter)
+
+    @property
+    def images(self) -> int:
+        return self.ranges[-1][1] - 1 if self.ranges else 0
+
+
+def _write_images(f: IO[bytes], index: ImageFolderIndex, done: _Written,
+                  progress: Callable[[int], None] | None) -> None:
+    """Image records ``1..N``, identity by identity, each file's bytes unchanged."""
+    order = np.argsort(index.labels, kind="stable")
+    bounds = np.searchsorted(index.labels[order], np.arange(len(index.classes) + 1))
+    key = 1
+    for label in range(len(index.classes)):
+        start = key
+        for i in order[bounds[label]:bounds[label + 1]].tolist():
+            try:
+                data = bytes(read_bytes(Path(index.root) / index.paths[i]))
+            except ImageError as exc:  # changed since the scan
+                done.skipped.append(SkippedFile(index.paths[i], str(exc)))
+            else:
+                done.sizes[_image_size(data)] += 1
+                done.offsets.append((key, f.tell()))
+                f.write(frame_record(pack_payload(float(len(done.ranges)), data, key)))
+                key += 1
+            if progress is not None:
+                progress(1)
+        if key > start:
+            done.ranges.append((start, key))
+            done.names.append(index.classes[label])
+
+
+def _write_identities(f: IO[bytes], done: _Written) -> None:
+    """Identity records ``N+1..N+C`` (their image key ranges), then the header (record 0,
+    at the start of the file, where a placeholder of the same size was written)."""
+    first = done.images + 1
+    for k, (lo, hi) in enumerate(done.ranges):
+        done.offsets.append((first + k, f.tell()))
+        f.write(frame_record(pack_payload([float(lo), float(hi)], key=first + k)))
+    end = f.tell()
+    header = frame_record(pack_payload([float(first), float(first + len(done.ranges))]))
+    f.seek(0)
+    f.write(header)
+    f.seek(end)
+    done.offsets.insert(0, (0, 0))
+
+
 def write_record_set(
     index: ImageFolderIndex,
     out: str | Path,
@@ -558,53 +614,19 @@ def write_record_set(
     ``progress(n)`` after each ``n`` files. Each file is written under a temporary name and
     renamed when complete (the ``.rec`` first, then its ``.idx``).
     """
-    out, root = Path(out), Path(index.root)
-    skipped = list(index.skipped)
-    ranges: list[tuple[int, int]] = []  # per class written: image keys [first, end)
-    kept: list[str] = []  # ... and its name
-    offsets: list[tuple[int, int]] = []
-    sizes: Counter = Counter()
+    out = Path(out)
+    done = _Written(list(index.skipped))
 
     def write(f: IO[bytes]) -> None:
-        header = frame_record(pack_payload([0.0, 0.0]))
-        f.write(header)  # rewritten once the counts are known
-        key = 1
-        order = np.argsort(index.labels, kind="stable")
-        bounds = np.searchsorted(index.labels[order], np.arange(len(index.classes) + 1))
-        for label in range(len(index.classes)):
-            start = key
-            for i in order[bounds[label]:bounds[label + 1]].tolist():
-                try:
-                    data = bytes(read_bytes(root / index.paths[i]))
-                except ImageError as exc:  # changed since the scan
-                    skipped.append(SkippedFile(index.paths[i], str(exc)))
-                else:
-                    sizes[_image_size(data)] += 1
-                    offsets.append((key, f.tell()))
-                    f.write(frame_record(pack_payload(float(len(ranges)), data, key)))
-                    key += 1
-                if progress is not None:
-                    progress(1)
-            if key > start:
-                ranges.append((start, key))
-                kept.append(index.classes[label])
-        first = key
-        for k, (lo, hi) in enumerate(ranges):
-            offsets.append((first + k, f.tell()))
-            f.write(frame_record(pack_payload([float(lo), float(hi)], key=first + k)))
-        end = f.tell()
-        final = frame_record(pack_payload([float(first), float(first + len(ranges))]))
-        assert len(final) == len(header)
-        f.seek(0)
-        f.write(final)
-        f.seek(end)
+        f.write(frame_record(pack_payload([0.0, 0.0])))  # the header's place
+        _write_images(f, index, done, progress)
+        _write_identities(f, done)
 
     atomic_write(out, write)
-    offsets.insert(0, (0, 0))
-    idx = atomic_write(index_path(out), write_index(offsets))
-    sizes.pop(None, None)
-    height, width = sizes.most_common(1)[0][0] if sizes else (0, 0)
-    prop = atomic_write(out.parent / "property", f"{len(ranges)},{height},{width}")
-    names = atomic_write(out.with_suffix(NAMES_SUFFIX), "".join(f"{n}\n" for n in kept))
-    return PackResult(out, idx, prop, names, len(offsets) - 1 - len(ranges), len(ranges),
-                      (height, width), out.stat().st_size, skipped)
+    idx = atomic_write(index_path(out), write_index(done.offsets))
+    done.sizes.pop(None, None)
+    height, width = done.sizes.most_common(1)[0][0] if done.sizes else (0, 0)
+    prop = atomic_write(out.parent / "property", f"{len(done.ranges)},{height},{width}")
+    names = atomic_write(out.with_suffix(NAMES_SUFFIX), "".join(f"{n}\n" for n in done.names))
+    return PackResult(out, idx, prop, names, done.images, len(done.ranges), (height, width),
+                      out.stat().st_size, done.skipped)
