@@ -117,6 +117,16 @@ def probe_image(path: str | os.PathLike) -> tuple[str, int, int]:
     return fmt, width, height
 
 
+def header_size(data: bytes | bytearray) -> tuple[int, int] | None:
+    """``(width, height)`` of an encoded image held in memory, from its header only; None when
+    Pillow cannot read the header."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - any header Pillow cannot parse
+        return None
+
+
 def read_bytes(path: str | os.PathLike) -> bytearray:
     """The file's bytes (a writable buffer ``torch.frombuffer`` can share)."""
     try:

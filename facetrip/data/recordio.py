@@ -27,7 +27,6 @@ file). :func:`pack_identity_folder` writes a set from an identity folder.
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 import warnings
@@ -38,9 +37,8 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image
 
-from facetrip.data.decode import ImageError, display_path, read_bytes
+from facetrip.data.decode import ImageError, display_path, header_size, read_bytes
 from facetrip.data.index import (
     ImageFolderIndex,
     SkippedFile,
@@ -512,15 +510,6 @@ class PackResult:
         return skip_summary(self.skipped)
 
 
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    """``(height, width)`` from an encoded image's header, None if unreadable."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size[1], img.size[0]
-    except Exception:  # noqa: BLE001 - any header Pillow cannot parse
-        return None
-
-
 def pack_identity_folder(
     root: str | Path,
     out: str | Path,
@@ -572,7 +561,8 @@ def _write_images(f: IO[bytes], index: ImageFolderIndex, done: _Written,
             except ImageError as exc:  # changed since the scan
                 done.skipped.append(SkippedFile(index.paths[i], str(exc)))
             else:
-                done.sizes[_image_size(data)] += 1
+                size = header_size(data)
+                done.sizes[size[::-1] if size else None] += 1
                 done.offsets.append((key, f.tell()))
                 f.write(frame_record(pack_payload(float(len(done.ranges)), data, key)))
                 key += 1

@@ -8,7 +8,6 @@ a file relative to the folder, or a record key (as text) of the ``.rec``.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,14 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from facetrip.data.decode import decode_bytes, decode_pil, display_path, probe_image
+from facetrip.data.decode import (
+    decode_bytes,
+    decode_pil,
+    decode_rgb,
+    display_path,
+    header_size,
+    probe_image,
+)
 from facetrip.data.index import (
     ImageFolderIndex,
     SourceFile,
@@ -25,6 +31,7 @@ from facetrip.data.index import (
     scan_identity_folder,
 )
 from facetrip.data.recordio import RecordFile, scan_record_file
+from facetrip.errors import UserError
 
 
 def is_record_file(root: str | Path) -> bool:
@@ -113,6 +120,18 @@ class ImageReader:
         return (load_bytes(data) if load_bytes is not None
                 else transform(F.to_pil_image(decode_bytes(data))))
 
+    def decode(self, item: str) -> torch.Tensor:
+        """The item as ``uint8 (3, H, W)`` RGB, full size (raises as :meth:`load`)."""
+        if self.records is None:
+            return decode_rgb(self.root / item)
+        return decode_bytes(self.records.image(int(item))[1])
+
+    def size(self, item: str) -> tuple[int, int]:
+        """``(width, height)`` from the item's header (raises as :meth:`load`)."""
+        if self.records is None:
+            return probe_image(self.root / item)[1:]
+        return header_size(self.records.image(int(item))[1]) or (0, 0)
+
     def load_with_size(self, transform: Callable, item: str
                        ) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(load(transform, item), (width, height) as stored)``; raises as :meth:`load`."""
@@ -120,10 +139,19 @@ class ImageReader:
             _, width, height = probe_image(self.root / item)
             return self.load(transform, item), (width, height)
         data = self.records.image(int(item))[1]
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-        except Exception:  # noqa: BLE001 - what the decoder then reports
-            width = height = 0
-        return transform.load_bytes(data), (width, height)
+        return transform.load_bytes(data), header_size(data) or (0, 0)
+
+
+def dataset_items(root: str | Path | None) -> tuple[ImageReader | None, list[str]]:
+    """``(reader, items)`` of the data set ``root`` (a folder's files in identity folders, a
+    ``.rec``'s usable records), without checking the files; ``(None, [])`` when it is not
+    there."""
+    if root is None or not (Path(root).is_dir() or is_record_file(root)):
+        return None, []
+    try:
+        if is_record_file(root):
+            return ImageReader(root), scan_record_file(root).paths
+        return ImageReader(root), [f.path for f in list_dataset(root)[0] if f.identity]
+    except UserError:
+        return None, []
 

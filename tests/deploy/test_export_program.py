@@ -104,3 +104,18 @@ def test_pt2_is_the_format_of_a_pt2_out_on_the_command_line(tmp_path, monkeypatc
                               tmp_path / "m.pt2", "--out", tmp_path / "e.npz", "--workers", 0)
     assert code == 0, err
     assert "wrote 4 embeddings of dimension 8" in out
+
+
+def test_a_model_trained_on_a_rec_exports_at_the_rec_images_size(tmp_path):
+    from facetrip.data.recordio import pack_identity_folder
+    from facetrip.synth import synthesize
+
+    synthesize(tmp_path / "faces", identities=2, images_per_identity=3, size=40, seed=0,
+               workers=1)
+    rec = pack_identity_folder(tmp_path / "faces", tmp_path / "rec" / "train.rec").rec
+    ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS["centre-crop"], root=rec)
+    result = export_model(ckpt, tmp_path / "m.pt2")
+    meta = json.loads(result.sidecar.read_text())
+    assert meta["export"]["input_shape"] == ["batch", 3, 40, 40]  # the .rec's, not 24 x 24
+    assert result.parity["source"] == f"images of the run's dataset {rec}"
+    assert result.parity["images"] == 6 and result.parity["max_abs_diff"] <= 1e-5
