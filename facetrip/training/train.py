@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from facetrip.config import Config, config_from_dict, resume_config, save_config
 from facetrip.errors import UserError
@@ -175,6 +176,9 @@ def _build_state(cfg: Config, data: TrainData, device: torch.device,
         torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None,
         schedule=schedule, classifier=classifier, memory=memory,
     )
+    if cfg.train.ema is not None:
+        state.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema),
+                                  use_buffers=True)
     if ckpt is not None:
         state.load_state_dict(ckpt)
         if schedule != saved_schedule(ckpt, len(data.sampler)):  # train.epochs changed:
@@ -295,7 +299,7 @@ class _Epochs:
             raise TrainingStopped(self.result())
         self.last_val = None
         if run.data.val_loader is not None:
-            self.last_val = validate(state.net, run.data.val_loader, run.data.val_pairs,
+            self.last_val = validate(state.evaluated, run.data.val_loader, run.data.val_pairs,
                                      run.cfg.eval.metric, run.options)
         self.metrics.epoch(epoch, state.step, self.last_val,
                            getattr(run.data.train_loader.dataset, "failures", 0),
@@ -307,7 +311,9 @@ class _Epochs:
         state.epoch, state.batch = epoch + 1, 0
         saved = self.save(self.last_val)
         if run.ctx.is_main and (improved or run.data.val_index is None):
-            save_checkpoint(saved, run.dir.best, weights_only=True)
+            best = saved if state.ema is None else {**saved,
+                                                    "model": state.evaluated.state_dict()}
+            save_checkpoint(best, run.dir.best, weights_only=True)
         if run.ctx.is_main:
             self.hooks.epoch_end(epoch, self.last_val)
         if self.stop():
