@@ -102,8 +102,11 @@ def export(
     if c is not None:
         fars = ", ".join(f"FAR {k} {v['threshold']:.4f}" if v else f"FAR {k} -"
                          for k, v in c["far"].items())
-        typer.echo(f"calibrated on {c['pairs']} pairs of {c['dataset']} ({c['date']}, in-sample):"
-                   f" best accuracy {c['best_accuracy']['threshold']:.4f}, {fars}")
+        on = (f"{c['pairs']} pairs of {c['dataset']} ({c['date']}, in-sample)" if c["in_sample"]
+              else f"{c['chosen_on']} ({c['chosen_on_pairs']} pairs, held out from the "
+                   f"{c['pairs']} scored; {c['date']})")
+        typer.echo(f"thresholds chosen on {on}: best accuracy "
+                   f"{c['best_accuracy']['threshold']:.4f}, {fars}")
     typer.echo(f"wrote {result.path} and {result.sidecar}")
 
 

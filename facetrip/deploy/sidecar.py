@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from facetrip.data.transforms import Preprocess
+from facetrip.data.transforms import Preprocess, Preprocessing
 from facetrip.errors import UserError
 from facetrip.model import EmbeddingNet
 from facetrip.version import __version__
@@ -36,23 +36,13 @@ def sidecar_path(model_path: str | Path) -> Path:
 
 
 def preprocessing(pre: Preprocess, mean: Sequence[float], std: Sequence[float]) -> dict:
-    """The sidecar's preprocessing fields of a run."""
-    return {
-        "input_size": pre.size,
-        "colour_order": "RGB",
-        "crop_fraction": pre.crop_fraction,
-        "crop_box": list(pre.crop_box) if pre.crop_box is not None else None,
-        "grayscale": pre.grayscale,
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-    }
+    """The sidecar's preprocessing fields of a run (:meth:`Preprocessing.to_fields`)."""
+    return Preprocessing(pre, tuple(mean), tuple(std)).to_fields()
 
 
 def preprocess_from_sidecar(meta: Mapping[str, Any]) -> Preprocess:
     """The :class:`Preprocess` a sidecar describes (facetrip's own, exactly as in training)."""
-    box = tuple(float(v) for v in meta["crop_box"]) if meta.get("crop_box") else None
-    return Preprocess(int(meta["input_size"]), float(meta["crop_fraction"]), box,
-                      bool(meta["grayscale"]))
+    return Preprocessing.from_fields(dict(meta)).crop
 
 
 def fingerprint(state_dict: Mapping[str, torch.Tensor], model_spec: Mapping[str, Any],

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from facetrip.config import Config, config_from_dict, resume_config, save_config
 from facetrip.errors import UserError
@@ -177,6 +178,9 @@ def _build_state(cfg: Config, data: TrainData, device: torch.device,
         torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None,
         schedule=schedule, classifier=classifier, memory=memory,
     )
+    if cfg.train.ema is not None:
+        state.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema),
+                                  use_buffers=True)
     if ckpt is not None:
         state.load_state_dict(ckpt)
         if schedule != saved_schedule(ckpt, len(data.sampler)):  # train.epochs changed:
@@ -272,7 +276,7 @@ def score_val_bins(run: PreparedRun) -> dict[str, dict]:
     data, options = run.data, run.options
     scores = {}
     for bin_set in data.val_bins:
-        emb, decoded = embed_bin(run.state.net, bin_set, data.preprocess, options.device,
+        emb, decoded = embed_bin(run.state.evaluated, bin_set, data.preprocess, options.device,
                                  options.batch_transform, options.channels_last,
                                  batch_size=run.cfg.eval.batch_size,
                                  workers=resolve_workers(run.cfg.data.workers))
@@ -320,7 +324,7 @@ class _Epochs:
             raise TrainingStopped(self.result())
         self.last_val = None
         if run.data.val_loader is not None:
-            self.last_val = validate(state.net, run.data.val_loader, run.data.val_pairs,
+            self.last_val = validate(state.evaluated, run.data.val_loader, run.data.val_pairs,
                                      run.cfg.eval.metric, run.options)
         bins = score_val_bins(run) if run.data.val_bins else None
         self.metrics.epoch(epoch, state.step, self.last_val,
@@ -333,7 +337,9 @@ class _Epochs:
         state.epoch, state.batch = epoch + 1, 0
         saved = self.save(self.last_val)
         if run.ctx.is_main and (improved or acc is None):  # nothing to follow: the newest
-            save_checkpoint(saved, run.dir.best, weights_only=True)
+            best = saved if state.ema is None else {**saved,
+                                                    "model": state.evaluated.state_dict()}
+            save_checkpoint(best, run.dir.best, weights_only=True)
         if run.ctx.is_main:
             self.hooks.epoch_end(epoch, self.last_val)
             if bins is not None:

@@ -174,6 +174,26 @@ def test_the_cli_exits_3_and_never_says_done_for_a_diverged_run(faces, tmp_path,
         "the run diverged; lower optim.lr or set train.grad_clip; no checkpoint was written")
 
 
+def test_the_weight_average_follows_its_definition_and_best_pt_holds_it(faces, tmp_path,
+                                                                          tiny_config):
+    cfg = tiny_config(faces, "sampler.batches_per_epoch=3", "train.epochs=1", "data.workers=0",
+                      "train.ema=0.5", "train.checkpoint_every=1", "train.keep_checkpoints=5")
+    train(cfg, tmp_path / "run")
+    saved = [load_checkpoint(tmp_path / "run" / "checkpoints" / f"step-{s:09d}.pt")
+             for s in (1, 2, 3)]
+    name = "embed.weight"
+    raw = [c["model"][name] for c in saved]
+    want = raw[0]  # the first update copies the weights, each later one moves halfway
+    for w in raw[1:]:
+        want = 0.5 * want + 0.5 * w
+    torch.testing.assert_close(saved[-1]["ema"][f"module.{name}"], want, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(want, raw[-1])  # an average that differs from the last weights
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert "ema" not in best
+    for key, value in best["model"].items():
+        assert torch.equal(value, saved[-1]["ema"][f"module.{key}"]), key
+
+
 # --------------------------------------------------------------------------- the field's formats
 
 
