@@ -170,9 +170,9 @@ def test_thresholds_chosen_on_other_pairs_travel_into_the_calibration(run, tmp_p
 
 
 def test_an_eval_of_bin_sets_only_cannot_calibrate_and_says_why(tmp_path):
-    from facetrip.deploy.calibration import read_metrics
+    from facetrip.deploy.calibration import read_eval_metrics
 
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps({"bins": {"lfw": {"accuracy": 0.9}}, "checkpoint": "c.pt"}))
     with pytest.raises(UserError, match="scores only .bin sets"):
-        read_metrics(path)
+        read_eval_metrics(path)
