@@ -9,7 +9,9 @@ flags (a list of bools, or a numpy bool array in some files).
 ``pickle.load`` runs whatever a file holds; :func:`read_bin` unpickles with an allow-list:
 bytes, lists, tuples, bools, ints, and numpy arrays of dtype bool (``_reconstruct`` /
 ``_frombuffer`` under their numpy 1 and 2 module names, ``ndarray``, ``dtype`` restricted to
-bool). Anything else is one :class:`~facetrip.errors.UserError` line, before it is called.
+bool). numpy's own dtype and array objects never take state from the file: tokens stand for
+them, check bool's dtype state, and build the array from its raw bytes (0 and 1 only).
+Anything else is one :class:`~facetrip.errors.UserError` line, before it is called.
 """
 
 from __future__ import annotations
@@ -38,29 +40,66 @@ class _Refused(pickle.UnpicklingError):
     """A global (or an argument) outside the allow-list."""
 
 
-def _dtype(name: Any, align: Any = False, copy: Any = True) -> np.dtype:
-    """``numpy.dtype`` for bool only (``'b1'``, as numpy pickles it)."""
+class _BoolDtype:
+    """Stands for numpy's bool dtype while unpickling. numpy's own dtype would take its state
+    (byte order, fields, flags...) from the file through BUILD, and flags can make a dtype
+    claim to hold Python objects; this token only checks that the state is bool's own."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 8 and state[0] in (3, 4)
+                and state[1] in ("|", "=", b"|", b"=") and state[2:] == (None, None, None,
+                                                                         -1, -1, 0)):
+            raise _Refused("a numpy dtype state other than bool's")
+
+
+class _BoolArray:
+    """Stands for a numpy array while unpickling: BUILD hands it numpy's array state
+    ``(version, shape, dtype, fortran, raw bytes)``; it keeps :attr:`array`, a bool array made
+    from the raw bytes alone. No numpy object ever receives state from the file."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise _Refused("a numpy array state of another form")
+        _, shape, dtype, fortran, raw = state
+        if not isinstance(dtype, _BoolDtype):
+            raise _Refused("a numpy array of a dtype other than bool")
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)
+                and isinstance(raw, bytes) and len(raw) == int(np.prod(shape))):
+            raise _Refused("a numpy array state whose shape and data disagree")
+        flat = np.frombuffer(raw, dtype=np.uint8)
+        if flat.size and flat.max() > 1:
+            raise _Refused("bool array bytes other than 0 and 1")
+        self.array = flat.astype(bool).reshape(shape, order="F" if fortran else "C")
+
+
+def _dtype(name: Any, align: Any = False, copy: Any = True) -> _BoolDtype:
+    """``numpy.dtype`` for bool only (``'b1'``, as numpy pickles it), as a token."""
     if name not in ("b1", "?", "bool", b"b1", b"?"):
         raise _Refused(f"numpy dtype {name!r} (only bool arrays are admitted)")
-    return np.dtype(np.bool_, copy=True)  # a copy: BUILD sets its state, not the singleton's
+    return _BoolDtype()
 
 
-def _reconstruct(subtype: Any, shape: Any, dtype_char: Any) -> np.ndarray:
-    """numpy's ``_reconstruct(ndarray, (0,), b'b')``: an empty array that BUILD then fills
-    from a state whose dtype can only come from :func:`_dtype`."""
+def _reconstruct(subtype: Any, shape: Any, dtype_char: Any) -> _BoolArray:
+    """numpy's ``_reconstruct(ndarray, (0,), b'b')``: a token that BUILD fills."""
     if subtype is not _NDARRAY:
         raise _Refused(f"_reconstruct of {subtype!r}")
-    return np.ndarray.__new__(np.ndarray, (0,), _BOOL)
+    return _BoolArray()
 
 
 def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     """numpy's protocol-5 ``_frombuffer`` for bool arrays."""
-    if not isinstance(dtype, np.dtype) or dtype != _BOOL:
+    if not isinstance(dtype, _BoolDtype):
         raise _Refused(f"_frombuffer of dtype {dtype!r}")
-    if not isinstance(shape, tuple) or not all(isinstance(n, int) for n in shape):
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
         raise _Refused("_frombuffer shape")
-    array = np.frombuffer(bytes(buffer), dtype=_BOOL).reshape(shape, order=order)
-    return array.copy()
+    if order not in ("C", "F"):
+        raise _Refused("_frombuffer order")
+    flat = np.frombuffer(bytes(buffer), dtype=np.uint8)
+    if flat.size != int(np.prod(shape)) or (flat.size and flat.max() > 1):
+        raise _Refused("_frombuffer data other than a bool array of that shape")
+    return flat.astype(bool).reshape(shape, order=order)
 
 
 def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
@@ -159,6 +198,10 @@ def _as_bin(path: Path, content: Any) -> VerificationBin:
         raise UserError(f"{path} is not a .bin set: expected (images, issame), got "
                         f"{type(content).__name__}")
     images, issame = content
+    if isinstance(issame, _BoolArray):  # numpy's array pickle, rebuilt by the token
+        if issame.array is None:
+            raise UserError(f"{path} is not a .bin set: its issame array has no data")
+        issame = issame.array
     if not isinstance(images, (list, tuple)) or not all(isinstance(b, bytes) for b in images):
         raise UserError(f"{path} is not a .bin set: its images must be a list of bytes")
     if isinstance(issame, np.ndarray):

@@ -87,3 +87,29 @@ def test_two_sets_with_one_name_are_refused(tmp_path):
         write_bin(tmp_path / folder / "lfw.bin", ([b"x", b"y"], [True]))
     with pytest.raises(UserError, match="two .bin sets are named 'lfw'"):
         read_bins([tmp_path / "a" / "lfw.bin", tmp_path / "b" / "lfw.bin"])
+
+
+class _CraftedDtype:
+    """numpy's bool dtype pickle with the flags of a dtype that holds Python objects."""
+
+    def __reduce__(self):
+        return np.dtype, ("b1", False, True), (3, "|", None, None, None, -1, -1, 63)
+
+
+class _CraftedArray:
+    """numpy's array pickle around :class:`_CraftedDtype`: its bytes would be read as
+    object pointers if numpy's own dtype took that state."""
+
+    def __reduce__(self):
+        reconstruct = np.array([True]).__reduce__()[0]
+        return reconstruct, (np.ndarray, (0,), b"b"), (1, (8,), _CraftedDtype(), False,
+                                                        b"\x01" * 8)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_bool_dtype_with_forged_flags_is_refused_before_numpy_sees_it(tmp_path, protocol):
+    path = write_bin(tmp_path / "x.bin", ([encoded_image(0)] * 16, _CraftedArray()), protocol)
+    with pytest.raises(UserError, match=r"holds a numpy dtype state other than bool's, which "
+                                        r"is refused \(nothing in it was run\)$"):
+        read_bin(path)
+    assert np.dtype(bool).flags == 0
