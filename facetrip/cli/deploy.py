@@ -52,7 +52,8 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return height, width
 
 
-@app.command(short_help="Export TorchScript, ONNX or safetensors + a calibrated sidecar.")
+@app.command(short_help="Export a .pt2 (torch.export), TorchScript, ONNX or safetensors model "
+                        "with a calibrated sidecar.")
 def export(
     out: Annotated[Path, typer.Option(help="Output model file, e.g. model.pt2, model.pt, "
                                            "model.onnx, model.safetensors (sidecar: "
