@@ -310,14 +310,20 @@ def test_eval_calibrates_on_other_pairs_and_flags_in_sample_scores(tiny_run, tmp
     best = _best_threshold(d_cal, same)
     assert ver["accuracy"] == pytest.approx(np.mean((d_test < best) == same), abs=1e-6)
     assert set(m["baselines"]) == {"pixels", "eigenfaces"}
-    assert m["options"]["eigenfaces_fit"]["identities"] > 0
+    # eigenfaces fitted on the run's training split (its config's, of its data.root)
+    _, trained_on, _ = split_for_training(scan_identity_folder(data), load_config(
+        None, TINY + [f"data.root={data}"]))
+    fit = m["options"]["eigenfaces_fit"]
+    assert (fit["root"], fit["identities"], fit["images"]) == (str(data), 12, 60)
+    assert len(trained_on.classes) == 12 and len(trained_on) == 60
     assert m["pair_identities"] == {"identities": 8, "seen_in_training": 8}
     also = m["also"][str(test)]
     assert also["verification"]["protocol"] == "in-sample"
     assert set(also["baselines"]) == {"pixels", "eigenfaces"}
     assert "IN-SAMPLE" in out.stdout and "OVERLAP: 8 of the 8 people" in out.stdout
-    trained = m["calibration_identities"]["seen_in_training"]  # trained on, not validated
-    assert 0 < trained <= 8 and f"OVERLAP (calibration): {trained} of the 8 people" in out.stdout
+    trained = len(set(ids[:8]) & set(trained_on.classes))  # trained on, not validated
+    assert 0 < trained < 8 and m["calibration_identities"]["seen_in_training"] == trained
+    assert f"OVERLAP (calibration): {trained} of the 8 people" in out.stdout
     assert "thresholds chosen on 8 calibration pairs" in out.stdout
     report = (tmp_path / "ev" / "report.html").read_text()
     assert "IN-SAMPLE" in report and "Also scored" in report
