@@ -153,7 +153,8 @@ def test_eval_scores_an_embeddings_file(tiny_run, tmp_path):
         (["synth", "/proc/x", "--identities", "0"], "identities"),
     ],
 )
-def test_user_errors_are_one_line_with_exit_code_2(args, message):
+def test_user_errors_are_one_line_with_exit_code_2(args, message, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # train's default --out is ./runs/default
     proc = run_cli(*args, ok=False)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
@@ -172,7 +173,8 @@ def test_python_m_facetrip_is_the_command_in_a_process_of_its_own(tmp_path):
     assert done.stdout == f"wrote 2 images of 2 identities to {tmp_path / 'd'}\n"
 
 
-def test_empty_dataset_and_non_image_files(tmp_path):
+def test_empty_dataset_and_non_image_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # train's default --out is ./runs/default
     (tmp_path / "empty").mkdir()
     proc = run_cli("train", "--set", f"data.root={tmp_path / 'empty'}", ok=False)
     assert proc.returncode == 2 and "no identities found" in proc.stderr
