@@ -4,15 +4,24 @@ process, or in a fresh one where the process boundary is what a test checks)."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from facetrip.cli import main
 from facetrip.config import Config, load_config
+
+# The tests' tensors are tiny: a second intra-op thread only adds synchronisation, and on a
+# shared or loaded machine it costs several times the work (a 10-step run: 3.8 s on one thread,
+# 16 s on two, with other processes busy). One thread here and in every child process (the CLI
+# in a process of its own, the kill-9 script, torchrun's ranks), unless set already.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 #: A library run that takes a second: 16 px, 2 x 2 batches, no validation, CPU, no workers.
 TINY_RUN = ["data.image_size=16", "data.val_fraction=0", "sampler.p=2", "sampler.k=2",
