@@ -21,6 +21,7 @@ from facetrip.training.train import train
 from tests.conftest import TINY_CLI as TINY
 from tests.conftest import as_sets as _sets
 from tests.conftest import run_cli, run_cli_process
+from tests.evaluation.references import brute_best_threshold, brute_kfold
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def test_train_writes_a_complete_run(tiny_run):
     held_out, pairs = _validation_pairs(data)
     emb = _embeddings(run / "last.pt", data, root / "val-e.npz")
     d = _distances(emb, held_out, pairs.idx1, pairs.idx2)
-    accuracy = _kfold_accuracy(d, pairs.issame, pairs.fold)
+    accuracy = brute_kfold(d, pairs.issame, pairs.fold)
     assert val["accuracy"] == pytest.approx(np.mean(accuracy), abs=1e-6)
     assert val["accuracy_std"] == pytest.approx(np.std(accuracy), abs=1e-6)
     assert val["auc"] == pytest.approx(roc_auc_score(pairs.issame, -d), abs=1e-6)
@@ -102,7 +103,7 @@ def test_eval_embed_export_round_trip(tiny_run, tmp_path):
     for m, emb in ((metrics, _embeddings(ckpt, data, tmp_path / "e.npz")),
                    (metrics["baselines"]["pixels"], pixels)):
         d = _distances(emb, full, pairs.idx1, pairs.idx2)
-        accuracy = _kfold_accuracy(d, pairs.issame, pairs.fold)
+        accuracy = brute_kfold(d, pairs.issame, pairs.fold)
         ver = m["verification"]
         assert ver["n_pairs"] == 80 and ver["protocol"] == "k-fold" and "threshold" in ver
         assert ver["accuracy"] == pytest.approx(np.mean(accuracy), abs=1e-6)
@@ -197,19 +198,6 @@ def _view1(path, ids):
     return path
 
 
-def _best_threshold(d, same):
-    """Brute force: the smallest cut between sorted distances with the best accuracy."""
-    candidates = sorted(set(d.tolist()))
-    cuts = [-np.inf] + [(a + b) / 2 for a, b in zip(candidates, candidates[1:])] + [np.inf]
-    return max(cuts, key=lambda t: (np.mean((d < t) == same), -t))
-
-
-def _kfold_accuracy(d, same, fold) -> list[float]:
-    """Brute force, per fold: the accuracy at the best threshold of the other folds."""
-    return [np.mean((d[fold == f] < _best_threshold(d[fold != f], same[fold != f]))
-                    == same[fold == f]) for f in np.unique(fold)]
-
-
 def _validation_pairs(data):
     """The run's held-out identities (the split of its config) and its validation pairs."""
     cfg = load_config(None, TINY + [f"data.root={data}"])
@@ -254,7 +242,7 @@ def test_eval_calibrates_on_the_runs_held_out_identities(tiny_run, tmp_path):
     full = scan_identity_folder(data)
     val, val_pairs = _validation_pairs(data)
     emb = _embeddings(ckpt, data, tmp_path / "e.npz")
-    best = _best_threshold(_distances(emb, val, val_pairs.idx1, val_pairs.idx2),
+    best = brute_best_threshold(_distances(emb, val, val_pairs.idx1, val_pairs.idx2),
                            val_pairs.issame)
     test = generate_pairs(full.labels, n_folds=2, pairs_per_fold=20, seed=0)
     d_test = _distances(emb, full, test.idx1, test.idx2)
@@ -309,7 +297,7 @@ def test_eval_calibrates_on_other_pairs_and_flags_in_sample_scores(tiny_run, tmp
 
     same = np.repeat([True, False], 4)
     d_cal, d_test = distances(cal), distances(test)
-    best = _best_threshold(d_cal, same)
+    best = brute_best_threshold(d_cal, same)
     assert ver["accuracy"] == pytest.approx(np.mean((d_test < best) == same), abs=1e-6)
     assert set(m["baselines"]) == {"pixels", "eigenfaces"}
     # eigenfaces fitted on the run's training split (its config's, of its data.root)
