@@ -186,7 +186,7 @@ def test_two_processes_shard_a_rec_as_they_shard_its_folder(tmp_path):
     for name, root in (("folder", tmp_path / "data"), ("rec", rec)):
         sets = as_sets([f"data.root={root}", *TINY_RUN, "sampler.p=4",
                         "sampler.batches_per_epoch=3", "data.workers=1"])
-        out = run_cli("train", *sets, "--nproc", 2, "--out", tmp_path / name, timeout=600)
+        out = run_cli_process("train", *sets, "--nproc", 2, "--out", tmp_path / name, timeout=600)
         assert "train: 32 images of 8 identities" in out.stdout
     a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("folder", "rec"))
     assert a["step"] == b["step"] == 3
