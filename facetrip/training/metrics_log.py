@@ -61,8 +61,8 @@ class MetricsLog:
     Step rows are ``{"type": "step", "epoch", "step", "loss", "lr", "images_per_s", **stats}``;
     epoch rows ``{"type": "epoch", "epoch", "step", "val", "replaced_images", "skipped_steps"}``
     (``skipped_steps``: in the run so far).
-    A skipped step (non-finite loss or gradient) has ``loss: null`` and ``skipped: 1``. Rows are
-    flushed at epoch ends and by :meth:`flush` (before a checkpoint is written).
+    A skipped step (non-finite loss or gradient) has ``loss: null`` and ``skipped: 1``. Each row
+    is flushed as it is written (so ``tail -f`` follows the run), and before a checkpoint.
     """
 
     def __init__(self, path: str | Path, append: bool = False, enabled: bool = True,
@@ -81,6 +81,7 @@ class MetricsLog:
              stats: Mapping[str, float]) -> None:
         self._write({"type": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr,
                      "images_per_s": images_per_s, **stats})
+        self.flush()  # a row a step is cheap beside the step; `tail -f` sees each at once
 
     def epoch(self, epoch: int, step: int, val: dict | None, replaced_images: int,
               skipped_steps: int = 0, bins: dict[str, dict] | None = None) -> None:

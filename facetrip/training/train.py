@@ -131,16 +131,15 @@ def prepare_run(
     device = ctx.device(str(resolve_device(cfg.train.device)))
     ctx.init(device, cfg.train.dist_timeout)
     cfg, ckpt, info = _open_run(cfg, run, resume, overwrite, force, writer=ctx.is_main)
-    if ctx.is_main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.config)
-    ctx.barrier()
     autocast_dtype = resolve_precision(cfg.train.precision, device)
     data = load_data(cfg, device, ctx.rank, ctx.world_size)
-    if ctx.is_main:
+    if ctx.is_main:  # only once the data loaded: a refused run leaves no directory behind
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
         report = write_skip_report(data.index, data.excluded, run.skipped)
         if report is not None and data.skip_summary:
             data.skip_summary += f"; see {report}"
+    ctx.barrier()
     state = _build_state(cfg, data, device, autocast_dtype, ckpt, info)
     if ctx.distributed:  # after loading: every rank starts from the same weights
         state.model = nn.parallel.DistributedDataParallel(

@@ -262,3 +262,19 @@ def test_val_bins_are_scored_every_epoch_and_best_follows_their_mean(tmp_path, f
     assert result.best_epoch == int(np.argmax(means)) and result.best_accuracy == max(means)
     assert [e for e, _ in heard] == [0, 1, 2]
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == result.best_epoch + 1
+
+
+def test_a_refused_run_leaves_no_run_directory_and_rows_are_readable_at_once(
+        faces, tmp_path, tiny_config):
+    with pytest.raises(UserError, match="dataset directory not found"):
+        train(tiny_config(tmp_path / "absent"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    rows = []
+
+    class Tail(TrainHooks):
+        def step(self, log):  # what a reader of metrics.jsonl sees right after each step
+            rows.append(len(read_run_log(tmp_path / "run" / "metrics.jsonl").steps))
+
+    train(tiny_config(faces, "sampler.batches_per_epoch=3", "data.workers=0"), tmp_path / "run",
+          hooks=Tail())
+    assert rows == [1, 2, 3]
