@@ -41,7 +41,7 @@ def test_logits_and_loss_match_a_hand_computation(kind):
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-12, atol=1e-12)
     loss, stats = head(x, labels)
     log_softmax = want - np.log(np.exp(want).sum(1, keepdims=True))
-    assert float(loss) == pytest.approx(-log_softmax[np.arange(9), labels.numpy()].mean(),
+    assert float(loss.detach()) == pytest.approx(-log_softmax[np.arange(9), labels.numpy()].mean(),
                                         rel=1e-12)
     cosines = hand_logits(x.numpy(), head.weight.detach().numpy(), labels.numpy(), "softmax",
                           1.0, 0.0)  # accuracy: the nearest class centre, with no margin
