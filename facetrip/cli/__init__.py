@@ -1,6 +1,6 @@
 """The ``facetrip`` command line: parse arguments, call the library, print the results.
 
-One module per command group (:mod:`~facetrip.cli.data`: synth, cache;
+One module per command group (:mod:`~facetrip.cli.data`: synth, cache; :mod:`~facetrip.cli.align`;
 :mod:`~facetrip.cli.train`; :mod:`~facetrip.cli.evaluate`: eval; :mod:`~facetrip.cli.deploy`:
 embed, export; :mod:`~facetrip.cli.recognize`: verify, enroll, identify), listed in
 ``facetrip --help`` in the order of a workflow (:data:`WORKFLOW`). :func:`main` turns a user's
@@ -12,7 +12,14 @@ from __future__ import annotations
 import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from facetrip.cli import data, deploy, evaluate, recognize, train  # noqa: F401  (register the commands)
+from facetrip.cli import (  # noqa: F401  (register the commands)
+    align,
+    data,
+    deploy,
+    evaluate,
+    recognize,
+    train,
+)
 from facetrip.cli.app import app, library_logger
 from facetrip.errors import UserError
 

@@ -1,0 +1,100 @@
+"""One image in, one aligned face crop out: detect, choose a face, fit, warp."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from facetrip.alignment.detect import Detector, Face, choose_face
+from facetrip.alignment.similarity import fit_similarity, warp
+from facetrip.alignment.template import template
+
+
+@dataclass(frozen=True)
+class AlignSpec:
+    """How crops are aligned: what a model trained on them records and expects."""
+
+    method: str = "mtcnn"
+    size: int = 112  #: side of the aligned crop (the template is scaled to it)
+    face: str = "largest"  #: which face when there are several: largest | center
+    min_face: float = 0.1  #: smallest face looked for, share of the shorter side
+
+    def to_dict(self) -> dict:
+        from facetrip.alignment.template import TEMPLATE_NAME
+
+        return {"method": self.method, "template": TEMPLATE_NAME, "size": self.size,
+                "face": self.face, "min_face": self.min_face}
+
+
+@dataclass(frozen=True)
+class Aligned:
+    """The aligned crop of one image, or why there is none."""
+
+    crop: torch.Tensor | None  #: (3, size, size) uint8, None when no face was found
+    face: Face | None  #: the face that was aligned
+    faces: int  #: how many faces the image has
+    transform: np.ndarray | None  #: (2, 3) image pixels -> crop pixels
+
+
+def align_detected(images: Sequence[torch.Tensor], found: Sequence[Sequence[Face]],
+                   spec: AlignSpec) -> list[Aligned]:
+    """Crops of ``images`` ((3, H, W) uint8) from the faces already ``found`` in them."""
+    points = template(spec.size)
+    out = []
+    for image, faces in zip(images, found):
+        face = choose_face(faces, image.shape[-2], image.shape[-1], spec.face)
+        if face is None:
+            out.append(Aligned(None, None, 0, None))
+            continue
+        matrix = fit_similarity(face.landmarks, points)
+        out.append(Aligned(warp(image, matrix, spec.size), face, len(faces), matrix))
+    return out
+
+
+def align_tensors(images: Sequence[torch.Tensor], detector: Detector, spec: AlignSpec
+                  ) -> list[Aligned]:
+    """Detect faces in (3, H, W) uint8 ``images`` (batched) and align one per image."""
+    return align_detected(images, detector.detect(images), spec)
+
+
+def as_rgb_tensor(image: object) -> torch.Tensor:
+    """A path, PIL image, (H, W, 3) uint8 array or (3, H, W) uint8 tensor -> (3, H, W) uint8.
+
+    Raises:
+        ImageError: a path that is not a usable image.
+        ValueError: an array of another shape or dtype.
+    """
+    import os
+
+    from PIL import Image
+
+    from facetrip.data.decode import decode_rgb
+
+    if isinstance(image, (str, os.PathLike)):
+        return decode_rgb(image)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.shape} "
+                             f"{image.dtype}")
+        return torch.from_numpy(np.array(image, order="C")).permute(2, 0, 1)  # a copy
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3 \
+            and image.dtype == torch.uint8:
+        return image
+    raise ValueError(f"expected a path, PIL image, (H, W, 3) uint8 array or (3, H, W) uint8 "
+                     f"tensor, got {type(image).__name__}")
+
+
+def align(images: Sequence[object], spec: AlignSpec = AlignSpec(),
+          detector: Detector | None = None) -> list[np.ndarray | None]:
+    """Aligned face crops of ``images`` (paths, PIL images, (H, W, 3) uint8 arrays or
+    (3, H, W) uint8 tensors): one (size, size, 3) uint8 RGB array per image, ``None`` where no
+    face was found. Feed them to an export trained on aligned crops."""
+    detector = detector or Detector(spec.min_face)
+    tensors = [as_rgb_tensor(image) for image in images]
+    return [None if r.crop is None else r.crop.permute(1, 2, 0).numpy().copy()
+            for r in align_tensors(tensors, detector, spec)]
