@@ -1,9 +1,10 @@
 """facetrip: triplet-loss face embeddings, end to end.
 
 The command line, in workflow order: ``synth`` (procedural faces), ``cache`` (decode once),
-``align`` (photos -> aligned face crops), ``train``, ``eval`` (LFW protocols, baselines, report), ``export`` (TorchScript, ONNX,
-safetensors, with a calibrated sidecar), ``embed``, ``verify`` (same person?), ``enroll`` and
-``identify`` (who is this?). ``facetrip --help`` and each command's ``--help`` say more.
+``align`` (photos -> aligned face crops), ``train``, ``eval`` (LFW protocols, baselines,
+report), ``export`` (TorchScript, ONNX, safetensors, with a calibrated sidecar), ``embed``,
+``verify`` (same person?), ``enroll`` and ``identify`` (who is this?). ``facetrip --help``
+and each command's ``--help`` say more.
 
 In Python, ``facetrip.load_model(path)`` rebuilds the network of a safetensors export (or a
 checkpoint); ``facetrip.load_embedder(path)`` opens any model file facetrip makes for embedding
@@ -51,8 +52,8 @@ def align(images: Any, size: int = 112, face: str = "largest", min_face: float =
     (3, H, W) uint8 tensors): one (size, size, 3) uint8 RGB array per image, the face warped
     onto the five-point 112 x 112 template scaled to ``size``; ``None`` where no face was
     found. ``face``: which one when there are several (``largest`` or ``center``). See
-    :func:`facetrip.alignment.crop.align`."""
+    :func:`facetrip.data.align.align`."""
     from facetrip.alignment.crop import AlignSpec
-    from facetrip.alignment.crop import align as _align
+    from facetrip.data.align import align as _align
 
     return _align(images, AlignSpec(size=size, face=face, min_face=min_face))

@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facetrip.alignment.crop import AlignSpec  # noqa: E402
 from facetrip.alignment.detect import Detector, choose_face  # noqa: E402
-from facetrip.alignment.folder import default_workers  # noqa: E402
 from facetrip.alignment.template import template  # noqa: E402
+from facetrip.data.align import default_workers  # noqa: E402
 from facetrip.data.decode import decode_rgb  # noqa: E402
 from facetrip.data.index import list_dataset  # noqa: E402
 

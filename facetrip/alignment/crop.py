@@ -10,7 +10,7 @@ import torch
 
 from facetrip.alignment.detect import Detector, Face, choose_face
 from facetrip.alignment.similarity import fit_similarity, warp
-from facetrip.alignment.template import template
+from facetrip.alignment.template import TEMPLATE_NAME, template
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,7 @@ class AlignSpec:
     min_face: float = 0.1  #: smallest face looked for, share of the shorter side
 
     def to_dict(self) -> dict:
-        from facetrip.alignment.template import TEMPLATE_NAME
-
+        """What align.json, checkpoints and sidecars record (the template by name)."""
         return {"method": self.method, "template": TEMPLATE_NAME, "size": self.size,
                 "face": self.face, "min_face": self.min_face}
 
@@ -59,42 +58,3 @@ def align_tensors(images: Sequence[torch.Tensor], detector: Detector, spec: Alig
     """Detect faces in (3, H, W) uint8 ``images`` (batched) and align one per image."""
     return align_detected(images, detector.detect(images), spec)
 
-
-def as_rgb_tensor(image: object) -> torch.Tensor:
-    """A path, PIL image, (H, W, 3) uint8 array or (3, H, W) uint8 tensor -> (3, H, W) uint8.
-
-    Raises:
-        ImageError: a path that is not a usable image.
-        ValueError: an array of another shape or dtype.
-    """
-    import os
-
-    from PIL import Image
-
-    from facetrip.data.decode import decode_rgb
-
-    if isinstance(image, (str, os.PathLike)):
-        return decode_rgb(image)
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.shape} "
-                             f"{image.dtype}")
-        return torch.from_numpy(np.array(image, order="C")).permute(2, 0, 1)  # a copy
-    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3 \
-            and image.dtype == torch.uint8:
-        return image
-    raise ValueError(f"expected a path, PIL image, (H, W, 3) uint8 array or (3, H, W) uint8 "
-                     f"tensor, got {type(image).__name__}")
-
-
-def align(images: Sequence[object], spec: AlignSpec = AlignSpec(),
-          detector: Detector | None = None) -> list[np.ndarray | None]:
-    """Aligned face crops of ``images`` (paths, PIL images, (H, W, 3) uint8 arrays or
-    (3, H, W) uint8 tensors): one (size, size, 3) uint8 RGB array per image, ``None`` where no
-    face was found. Feed them to an export trained on aligned crops."""
-    detector = detector or Detector(spec.min_face)
-    tensors = [as_rgb_tensor(image) for image in images]
-    return [None if r.crop is None else r.crop.permute(1, 2, 0).numpy().copy()
-            for r in align_tensors(tensors, detector, spec)]

@@ -39,7 +39,7 @@ def align(
     align extra: pip install 'facetrip[align]'."""
     from facetrip.alignment.crop import AlignSpec
     from facetrip.alignment.detect import FACE_CHOICES, load_detector
-    from facetrip.alignment.folder import SKIPPED_NAME, align_folder, default_workers
+    from facetrip.data.align import SKIPPED_NAME, align_folder, default_workers
 
     if face not in FACE_CHOICES:
         raise UserError(f"--face must be one of {', '.join(FACE_CHOICES)}, got {face!r}")

@@ -10,7 +10,7 @@ from facetrip.alignment.detect import Face, choose_face
 from facetrip.alignment.similarity import fit_similarity, warp
 from facetrip.alignment.template import template
 from facetrip.data.decode import decode_rgb
-from tests.alignment.conftest import PEOPLE
+from tests.conftest import PEOPLE
 
 
 def face(left, top, side, score=0.99):

@@ -1,9 +1,12 @@
-"""``facetrip align``: a folder of photos -> a folder of aligned face crops.
+"""Photos -> aligned face crops: ``facetrip align`` on a folder, :func:`align` in Python.
+
+The detector, template and warp are :mod:`facetrip.alignment` (below ``data``, so the decoded
+cache can align too); this module adds what needs ``data``: listing folders and decoding files.
 
 ``DST/<identity>/<stem>.png`` per image with a face; ``DST/align.jsonl`` one row per crop
 (source, box, score, landmarks, transform); ``DST/skipped.txt`` every image without a crop and
-why; ``DST/align.json`` the settings, so a re-run with other settings is refused. A re-run only
-aligns what has no crop yet and rewrites the same bytes.
+why; ``DST/align.json`` the settings, so a re-run with other settings is refused. A re-run
+only aligns what has no crop yet and rewrites the same bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,3 +226,37 @@ def align_folder(src: str | Path, dst: str | Path, spec: AlignSpec = AlignSpec()
 def default_workers() -> int:
     """One aligning process per CPU core, 1 to 8 (the main process only collects rows)."""
     return min(8, max(1, os.cpu_count() or 1))
+
+
+def as_rgb_tensor(image: object) -> torch.Tensor:
+    """A path, PIL image, (H, W, 3) uint8 array or (3, H, W) uint8 tensor -> (3, H, W) uint8.
+
+    Raises:
+        ImageError: a path that is not a usable image.
+        ValueError: an array of another shape or dtype.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return decode_rgb(image)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.shape} "
+                             f"{image.dtype}")
+        return torch.from_numpy(np.array(image, order="C")).permute(2, 0, 1)  # a copy
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3 \
+            and image.dtype == torch.uint8:
+        return image
+    raise ValueError(f"expected a path, PIL image, (H, W, 3) uint8 array or (3, H, W) uint8 "
+                     f"tensor, got {type(image).__name__}")
+
+
+def align(images: Sequence[object], spec: AlignSpec = AlignSpec(),
+          detector: Detector | None = None) -> list[np.ndarray | None]:
+    """Aligned face crops of ``images`` (paths, PIL images, (H, W, 3) uint8 arrays or
+    (3, H, W) uint8 tensors): one (size, size, 3) uint8 RGB array per image, ``None`` where no
+    face was found. Feed them to an export trained on aligned crops."""
+    detector = detector or Detector(spec.min_face)
+    tensors = [as_rgb_tensor(image) for image in images]
+    return [None if r.crop is None else r.crop.permute(1, 2, 0).numpy().copy()
+            for r in align_tensors(tensors, detector, spec)]

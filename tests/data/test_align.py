@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from facetrip.alignment.crop import AlignSpec
-from facetrip.alignment.folder import align_folder
 from facetrip.alignment.similarity import apply
 from facetrip.alignment.template import template
+from facetrip.data.align import align_folder
 from facetrip.errors import UserError
 from tests.conftest import run_cli
 
@@ -25,20 +25,20 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_rows_skips_and_crops(photos, tmp_path):
-    add_bad_images(photos)
+def test_rows_skips_and_crops(lfw_photos, tmp_path):
+    add_bad_images(lfw_photos)
     out = tmp_path / "aligned"
     seen = []
-    summary = align_folder(photos, out, progress=seen.append)
+    summary = align_folder(lfw_photos, out, progress=seen.append)
     assert (summary.images, summary.aligned, summary.reused) == (7, 5, 0)
     assert sum(seen) == 7
     assert summary.skip_summary() == "skipped 2: 1 no face, 1 not an image"
-    person = sorted(p.name for p in photos.iterdir())[0]
+    person = sorted(p.name for p in lfw_photos.iterdir())[0]
     assert (out / "skipped.txt").read_text() == (f"{person}/broken.jpg\tnot an image\n"
                                                  f"{person}/wall.jpg\tno face\n")
     rows = [json.loads(line) for line in (out / "align.jsonl").read_text().splitlines()]
-    assert [r["source"] for r in rows] == sorted(str(p.relative_to(photos))
-                                                 for p in photos.rglob("*_0*.jpg"))
+    assert [r["source"] for r in rows] == sorted(str(p.relative_to(lfw_photos))
+                                                 for p in lfw_photos.rglob("*_0*.jpg"))
     for row in rows:
         assert row["out"] == str(Path(row["source"]).with_suffix(".png"))
         assert set(row) == {"source", "out", "faces", "box", "score", "landmarks",
@@ -51,12 +51,12 @@ def test_rows_skips_and_crops(photos, tmp_path):
     assert json.loads((out / "align.json").read_text())["template"] == "arcface-112"
 
 
-def test_a_rerun_skips_what_is_done_and_keeps_the_bytes(photos, tmp_path):
-    add_bad_images(photos)
+def test_a_rerun_skips_what_is_done_and_keeps_the_bytes(lfw_photos, tmp_path):
+    add_bad_images(lfw_photos)
     out = tmp_path / "aligned"
-    align_folder(photos, out)
+    align_folder(lfw_photos, out)
     before = snapshot(out)
-    again = align_folder(photos, out, workers=2)
+    again = align_folder(lfw_photos, out, workers=2)
     assert (again.aligned, again.reused, len(again.skipped)) == (0, 5, 2)
     after = snapshot(out)
     crops = [name for name in before if name.endswith(".png")]
@@ -64,28 +64,28 @@ def test_a_rerun_skips_what_is_done_and_keeps_the_bytes(photos, tmp_path):
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
     # a lost crop is made again, with the same bytes, in worker processes
     (out / crops[0]).unlink()
-    third = align_folder(photos, out, workers=2)
+    third = align_folder(lfw_photos, out, workers=2)
     assert (third.aligned, third.reused) == (1, 4)
     assert {k: v[0] for k, v in snapshot(out).items()} == {k: v[0] for k, v in before.items()}
 
 
-def test_other_settings_are_refused(photos, tmp_path):
+def test_other_settings_are_refused(lfw_photos, tmp_path):
     out = tmp_path / "aligned"
-    align_folder(photos, out, AlignSpec(size=64))
+    align_folder(lfw_photos, out, AlignSpec(size=64))
     with pytest.raises(UserError, match=r"size 64 \(now 112\)"):
-        align_folder(photos, out)
+        align_folder(lfw_photos, out)
     with pytest.raises(UserError, match="inside"):
-        align_folder(photos, photos / "aligned")
+        align_folder(lfw_photos, lfw_photos / "aligned")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not an aligned folder"):
-        align_folder(photos, tmp_path / "other")
+        align_folder(lfw_photos, tmp_path / "other")
 
 
-def test_a_flat_folder_of_photos(photos, tmp_path):
+def test_a_flat_folder_of_lfw_photos(lfw_photos, tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()
-    for path in sorted(photos.rglob("*.jpg"))[:2]:
+    for path in sorted(lfw_photos.rglob("*.jpg"))[:2]:
         (flat / path.name).symlink_to(path.resolve())
     out = tmp_path / "aligned"
     align_folder(flat, out, AlignSpec(size=64))
@@ -96,15 +96,15 @@ def test_a_flat_folder_of_photos(photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_summary_and_strict(photos, tmp_path):
-    add_bad_images(photos)
+def test_cli_summary_and_strict(lfw_photos, tmp_path):
+    add_bad_images(lfw_photos)
     out = tmp_path / "aligned"
-    proc = run_cli("align", photos, "--out", out, "--workers", "0")
+    proc = run_cli("align", lfw_photos, "--out", out, "--workers", "0")
     assert "5 of 7 images aligned" in proc.stdout
     assert "skipped 2: 1 no face, 1 not an image" in proc.stderr
-    strict = run_cli("align", photos, "--out", out, "--strict", ok=False)
+    strict = run_cli("align", lfw_photos, "--out", out, "--strict", ok=False)
     assert strict.returncode == 2 and "error: skipped 2" in strict.stderr
-    bad = run_cli("align", photos, "--out", out, "--face", "biggest", ok=False)
+    bad = run_cli("align", lfw_photos, "--out", out, "--face", "biggest", ok=False)
     assert bad.returncode == 2 and "--face must be one of" in bad.stderr
 
 
