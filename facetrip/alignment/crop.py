@@ -27,6 +27,19 @@ class AlignSpec:
         return {"method": self.method, "template": TEMPLATE_NAME, "size": self.size,
                 "face": self.face, "min_face": self.min_face}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> AlignSpec:
+        """What :meth:`to_dict` wrote.
+
+        Raises:
+            ValueError: another template than the one this version knows.
+        """
+        if d.get("template", TEMPLATE_NAME) != TEMPLATE_NAME:
+            raise ValueError(f"unknown alignment template {d['template']!r} "
+                             f"(this facetrip knows {TEMPLATE_NAME!r})")
+        return cls(str(d["method"]), int(d["size"]), str(d.get("face", "largest")),
+                   float(d.get("min_face", 0.1)))
+
 
 @dataclass(frozen=True)
 class Aligned:

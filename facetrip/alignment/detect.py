@@ -7,6 +7,7 @@ one-line :class:`~facetrip.errors.UserError` naming ``pip install 'facetrip[alig
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -176,7 +177,18 @@ def _rescale(face: Face, fx: float, fy: float) -> Face:
 
 
 def load_detector(method: str = "mtcnn", min_face: float = 0.1) -> Detector:
-    """The detector of an alignment ``method`` (only ``mtcnn``)."""
+    """The detector of an alignment ``method`` (only ``mtcnn``).
+
+    Raises:
+        UserError: another method, or the ``align`` extra is not installed (one line).
+    """
     if method != "mtcnn":
         raise UserError(f"unknown face detector {method!r}; the one available is 'mtcnn'")
     return Detector(min_face=min_face)
+
+
+@functools.cache
+def shared_detector(method: str, min_face: float) -> Detector:
+    """One detector per process and setting, for code that aligns image by image (the
+    decoded-cache build in each DataLoader worker, the deploy commands)."""
+    return load_detector(method, min_face)

@@ -83,6 +83,10 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 256,
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    align: Annotated[bool | None, typer.Option(
+        "--align/--no-align", help="Detect and align each face (default: when the model was "
+        "trained on aligned crops; --no-align for crops already aligned).",
+        show_default=False)] = None,
     checkpoint: Hidden = None,
     data_option: Annotated[Path | None, typer.Option("--data", hidden=True)] = None,
     metric: Annotated[str | None, typer.Option(hidden=True)] = None,
@@ -107,7 +111,7 @@ def eval_(
         renamed(distance, metric, "--distance", "--metric") or "euclidean", ks, flip,
         tuple(dict.fromkeys(split_list(baseline))), baseline_fit, cache,
         _device(device) if embeddings is None else "cpu",
-        Loading(check_batch_size(batch_size), default_workers(workers)))
+        Loading(check_batch_size(batch_size), default_workers(workers)), align)
     request.check()
     with tqdm(desc="embed", unit="img", delay=0.5, disable=embeddings is not None) as bar:
         result = evaluate(request, progress=bar.update)

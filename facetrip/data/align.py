@@ -27,13 +27,14 @@ from facetrip.alignment.crop import Aligned, AlignSpec, align_tensors
 from facetrip.alignment.detect import Detector
 from facetrip.data.decode import ImageError, decode_rgb, display_path
 from facetrip.data.index import list_dataset
+from facetrip.data.transforms import NO_FACE
 from facetrip.errors import UserError
 from facetrip.io import atomic_write
 
 ROWS_NAME = "align.jsonl"
 SKIPPED_NAME = "skipped.txt"
 SETTINGS_NAME = "align.json"
-NO_FACE = "no face"
+
 
 
 @dataclass

@@ -87,6 +87,8 @@ class EvalRequest:
     cache: Path | None = None
     device: torch.device | str = "cpu"
     loading: Loading = Loading()
+    #: detect and align each image: None as the checkpoint records, True/False to force
+    align: bool | None = None
 
     def check(self) -> None:
         """UserError for a request that cannot be run, naming the options."""
@@ -104,9 +106,10 @@ class EvalRequest:
         p = self.protocol
         if self.embeddings is not None and (self.baselines or self.flip or self.baseline_fit
                                             or p.also_pairs or self.cache
-                                            or p.calibrate_held_out):
-            raise UserError("--baseline, --baseline-fit, --also-pairs, --cache, --flip and "
-                            "--calibrate-held-out need images: use --model and DATA")
+                                            or p.calibrate_held_out or self.align is not None):
+            raise UserError("--baseline, --baseline-fit, --also-pairs, --cache, --flip, "
+                            "--calibrate-held-out and --align need images: use --model and "
+                            "DATA")
 
 
 @dataclass
@@ -213,7 +216,7 @@ def _open_images(request: EvalRequest, cfg: Config) -> tuple[ImageSource, ImageF
         raise UserError(f"calibrating on the run's held-out identities needs the run's data: "
                         f"evaluate its data.root ({d.root or 'not recorded'}, relative to where "
                         f"it was trained), not {data}")
-    preprocessing = Preprocessing.from_config(d)
+    preprocessing = Preprocessing.from_config(d).aligned(request.align)
     images = ImageSource(preprocessing.transform(), loading=request.loading)
     if request.cache is None:
         return images, scan_identity_folder(data)
