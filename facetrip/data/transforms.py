@@ -167,8 +167,9 @@ class Preprocessing:
                              BatchAugment(self.mean) if augment else None)
 
     def to_fields(self) -> dict:
-        """The sidecar's preprocessing fields (plain JSON types)."""
-        return {
+        """The sidecar's preprocessing fields (plain JSON types); ``align`` only when the
+        model aligns, so the fields (and fingerprints) of every other model stay as before."""
+        fields = {
             "input_size": self.crop.size,
             "colour_order": "RGB",
             "crop_fraction": self.crop.crop_fraction,
@@ -176,8 +177,10 @@ class Preprocessing:
             "grayscale": self.crop.grayscale,
             "mean": [float(v) for v in self.mean],
             "std": [float(v) for v in self.std],
-            "align": self.crop.align.to_dict() if self.crop.align is not None else None,
         }
+        if self.crop.align is not None:
+            fields["align"] = self.crop.align.to_dict()
+        return fields
 
     @classmethod
     def from_fields(cls, meta: dict) -> Preprocessing:
