@@ -1,0 +1,86 @@
+"""Ordinary photos: a model trained on aligned crops aligns its inputs itself, so a face
+pasted anywhere, at another scale, in a cluttered frame verifies like the original photo."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facetrip.config import load_config
+from facetrip.training.train import train
+from tests.conftest import TINY_RUN, run_cli
+
+PEOPLE = ("Abdullah_Gul", "Adam_Sandler", "Abdullah", "Aaron_Peirsol")
+
+
+@pytest.fixture(scope="module")
+def aligned_model(lfw, tmp_path_factory):
+    """A small model trained (briefly) on aligned crops of 4 LFW people x 4 photos."""
+    root = tmp_path_factory.mktemp("photos")
+    for person in PEOPLE:
+        (root / person).mkdir()
+        for path in sorted((lfw / person).glob("*.jpg"))[:4]:
+            (root / person / path.name).symlink_to(path)
+    cfg = load_config(None, [f"data.root={root}", *TINY_RUN, "data.image_size=32",
+                             "model.embedding_dim=16", "sampler.batches_per_epoch=4",
+                             "data.align=mtcnn", f"data.cache={root.parent / 'cache'}",
+                             "data.workers=0"])
+    train(cfg, root.parent / "run")
+    return root.parent / "run" / "best.pt"
+
+
+def cluttered_frame(photo, scale, left, top, seed):
+    """A 400 x 300 frame of random coloured rectangles with ``photo`` resized by ``scale``
+    pasted at ``(left, top)``."""
+    rng = np.random.default_rng(seed)
+    frame = np.full((300, 400, 3), 90, dtype=np.uint8)
+    for _ in range(60):
+        x, y = rng.integers(0, 380), rng.integers(0, 280)
+        w, h = rng.integers(10, 120, 2)
+        frame[y:y + h, x:x + w] = rng.integers(0, 256, 3)
+    image = Image.fromarray(frame)
+    with Image.open(photo) as face:
+        side = round(face.width * scale)
+        image.paste(face.convert("RGB").resize((side, side), Image.LANCZOS), (left, top))
+    return image
+
+
+def distance(model, a, b, *options):
+    proc = run_cli("verify", a, b, "--model", model, "--threshold", "1", "--json", *options,
+                   ok=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    return json.loads(proc.stdout)["distance"]
+
+
+@pytest.mark.slow
+def test_a_pasted_face_verifies_like_the_original(aligned_model, lfw, tmp_path):
+    from facetrip.deploy.embedder import load_embedder
+
+    original = lfw / "Abdullah_Gul" / "Abdullah_Gul_0001.jpg"
+    other = lfw / "Abdullah_Gul" / "Abdullah_Gul_0013.jpg"  # not a training image
+    reference = distance(aligned_model, original, other)
+    embedder = load_embedder(aligned_model)
+    plain = embedder.loader.with_align(None)
+    aligned_errors, plain_errors = [], []
+    for seed, (scale, left, top) in enumerate([(0.6, 20, 30), (0.85, 180, 50),
+                                               (1.1, 110, 15)]):
+        frame = tmp_path / f"frame{seed}.jpg"
+        cluttered_frame(original, scale, left, top, seed).save(frame, quality=95)
+        aligned_errors.append(abs(distance(aligned_model, frame, other) - reference))
+        a, b = (embedder.embed(plain.load(p)[None]).numpy()[0] for p in (frame, other))
+        plain_errors.append(abs(float(np.linalg.norm(a - b)) - reference))
+    print(f"reference {reference:.4f}; |aligned - reference| {np.round(aligned_errors, 4)}; "
+          f"|centre crop - reference| {np.round(plain_errors, 4)}")
+    assert max(aligned_errors) < 0.1
+    assert np.mean(plain_errors) > 3 * np.mean(aligned_errors)
+
+
+@pytest.mark.slow
+def test_a_frame_without_a_face_is_one_line(aligned_model, lfw, tmp_path):
+    wall = tmp_path / "wall.jpg"
+    cluttered_frame(lfw / "Abdullah_Gul" / "Abdullah_Gul_0001.jpg", 0.1, 0, 0, 7).save(wall)
+    proc = run_cli("verify", wall, lfw / "Abdullah_Gul" / "Abdullah_Gul_0013.jpg", "--model",
+                   aligned_model, "--threshold", "1", ok=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {wall}: no face"]
