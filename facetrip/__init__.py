@@ -31,8 +31,8 @@ __all__ = ["__version__", "align", "load_embedder", "load_model"]
 def load_model(path: str | Path, device: Any = "cpu") -> EmbeddingNet:
     """The :class:`~facetrip.model.EmbeddingNet` (eval mode) of a safetensors export or a
     checkpoint: ``model(x)`` maps normalised ``(B, 3, S, S)`` images to ``(B, D)`` unit-norm
-    embeddings. See :func:`facetrip.deploy.weights.load_model`."""
-    from facetrip.deploy.weights import load_model as _load_model
+    embeddings. See :func:`facetrip.deploy.safetensors_io.load_model`."""
+    from facetrip.deploy.safetensors_io import load_model as _load_model
 
     return _load_model(path, device)
 

@@ -88,6 +88,16 @@ class LossConfig:
     #: with several processes: ``global`` mines each rank's anchors against the all-gathered
     #: global batch (the single-process loss, exactly); ``local`` within each rank's share
     scope: Literal["global", "local"] = "global"
+    #: identity-classification head beside the triplet loss (training only): a normalised
+    #: linear layer over the training identities, with softmax / cosface / arcface logits
+    classifier: Literal["softmax", "cosface", "arcface"] | None = None
+    classifier_weight: float = 1.0  #: its cross-entropy's weight beside the triplet loss
+    classifier_scale: float = 30.0  #: s, the logits' scale
+    #: m: null = the kind's usual one (softmax 0, cosface 0.35, arcface 0.5 radians)
+    classifier_margin: float | None = None
+    #: cross-batch memory: mine against the last N embeddings too (0 = off)
+    memory: int = 0
+    memory_start: int = 0  #: steps before the memory is used (it fills from the first)
 
 
 @dataclass
@@ -264,6 +274,12 @@ def _validate(cfg: Config) -> None:
         (cfg.loss.margin is None or cfg.loss.margin >= 0, "loss.margin must be >= 0 or null"),
         (cfg.loss.margin is not None or cfg.loss.mining != "semihard_all",
          "loss.mining=semihard_all needs a margin (its window is d_ap < d_an < d_ap + margin)"),
+        (cfg.loss.memory >= 0, "loss.memory must be >= 0 (0 = off)"),
+        (cfg.loss.memory_start >= 0, "loss.memory_start must be >= 0"),
+        (cfg.loss.classifier_weight >= 0, "loss.classifier_weight must be >= 0"),
+        (cfg.loss.classifier_scale > 0, "loss.classifier_scale must be > 0"),
+        (cfg.loss.classifier_margin is None or cfg.loss.classifier_margin >= 0,
+         "loss.classifier_margin must be >= 0 or null"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),

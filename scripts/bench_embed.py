@@ -11,9 +11,10 @@ LFW's ``crop_fraction`` 0.6, measures images/s of
 
   (a) the model alone: :meth:`Embedder.embed` (normalise + forward, inference mode) on
       ``uint8`` batches already in memory: the compute limit;
-  (b) ``facetrip embed``: :func:`facetrip.deploy.embed.embed_folder` on ``--block`` JPEG files
-      (decoding, crop and resize in the DataLoader workers, the same ``embed`` per batch, the
-      rows streamed to a scratch file and the ``.npz`` written), worker start-up included;
+  (b) ``facetrip embed``: :func:`facetrip.deploy.embed_folder.embed_folder` on ``--block``
+      JPEG files (decoding, crop and resize in the DataLoader workers, the same ``embed`` per
+      batch, the rows streamed to a scratch file and the ``.npz`` written), worker start-up
+      included;
 
 and the ratio (b) / (a): overall (total images / total time) and per round (each (b) block
 against the (a) block of its round). The two run in short blocks, alternating (a b b a ...),
@@ -41,8 +42,8 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facetrip.cli.deploy import default_workers  # noqa: E402
-from facetrip.deploy.embed import embed_folder, list_images  # noqa: E402
+from facetrip.cli.app import default_workers  # noqa: E402
+from facetrip.deploy.embed_folder import embed_folder, list_images  # noqa: E402
 from facetrip.deploy.embedder import load_embedder  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
@@ -108,7 +109,7 @@ def main() -> None:
                         help="decoding workers (default: facetrip embed's default)")
     parser.add_argument("--out", type=Path, default=Path("bench_results/embed.json"))
     args = parser.parse_args()
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(args.workers)
 
     tmp = tempfile.TemporaryDirectory()
     scratch = Path(tmp.name)

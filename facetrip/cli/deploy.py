@@ -1,4 +1,4 @@
-"""``facetrip embed`` and ``facetrip export``: use a trained model outside training."""
+"""``facetrip export`` and ``facetrip embed``: use a trained model outside training."""
 
 from __future__ import annotations
 
@@ -8,57 +8,33 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from facetrip.cli.app import app
+from facetrip.cli.app import (
+    BATCH_SIZE_HELP,
+    DEVICE_HELP,
+    MODEL_HELP,
+    WORKERS_HELP,
+    app,
+    check_batch_size,
+    default_workers,
+    renamed,
+)
 from facetrip.cli.app import device as _device
 from facetrip.errors import UserError
 
-MODEL_HELP = ("Model: a checkpoint (.pt) from facetrip train, or a file from facetrip export "
-              "(TorchScript .pt, .onnx, .safetensors, with its .json sidecar beside it).")
 FACE_CROPS = ("Inputs are face crops like the training data (the model's own crop, resize and "
               "normalisation are applied); it does not detect faces.")
+FORMAT_HELP = "Format of --out (default from its suffix): "
+
+#: ``--checkpoint``, the old name of ``--model`` (hidden; a deprecation line when used)
+OldCheckpoint = Annotated[Path | None, typer.Option("--checkpoint", hidden=True)]
 
 
-def default_workers() -> int:
-    """Decoding worker processes: one per CPU core but one (for the model), 1 to 8."""
-    from facetrip.training.build import resolve_workers
-
-    return resolve_workers(None)
-
-
-@app.command(short_help="Compute embeddings for every image under a folder.",
-             help="Compute embeddings for every image under a folder, with a checkpoint or "
-                  "any exported model. " + FACE_CROPS)
-def embed(
-    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
-    model: Annotated[Path, typer.Option("--model", "--checkpoint", help=MODEL_HELP)],
-    out: Annotated[Path, typer.Option(
-        help="Output .npz (embeddings, paths[, labels, classes]) or .npy (+ OUT.paths.txt).")],
-    format: Annotated[str | None, typer.Option(
-        "--format", help="npz or npy (default: from --out's suffix, else npz).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
-    workers: Annotated[int | None, typer.Option(
-        help="Decoding worker processes (default: CPU cores - 1, 1 to 8; 0 = in-process).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (ONNX: cpu).")] = "auto",
-) -> None:
-    from facetrip.deploy.embed import embed_folder, list_images
-    from facetrip.deploy.embedder import load_embedder
-
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    embedder = load_embedder(model, _device(device))
-    paths = list_images(images)
-    with tqdm(total=len(paths), desc="embed", unit="img", delay=0.5) as bar:
-        result = embed_folder(embedder, images, out, batch_size,
-                              default_workers() if workers is None else workers,
-                              progress=bar.update, paths=paths, fmt=format)
-    if result.skipped:
-        typer.echo(f"warning: skipped {len(result.skipped)} files that cannot be used, e.g. "
-                   f"{result.skipped[0].path} ({result.skipped[0].reason}); see "
-                   f"{result.skipped_list}", err=True)
-    extra = f" (paths in {result.paths_file})" if result.paths_file else ""
-    typer.echo(f"wrote {result.count} embeddings of dimension {result.dim} to {result.out}"
-               + extra)
+def model_option(model: Path | None, checkpoint: Path | None) -> Path:
+    """``--model``, or the deprecated ``--checkpoint`` (UserError when neither is given)."""
+    value = renamed(model, checkpoint, "--model", "--checkpoint")
+    if value is None:
+        raise UserError("missing option --model")
+    return value
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -78,13 +54,13 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 @app.command(short_help="Export TorchScript, ONNX or safetensors + a calibrated sidecar.")
 def export(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint (.pt) from facetrip train.")],
     out: Annotated[Path, typer.Option(help="Output model file, e.g. model.pt, model.onnx, "
                                            "model.safetensors (sidecar: OUT.json).")],
+    model: Annotated[Path | None, typer.Option(
+        help="Checkpoint (.pt) from facetrip train.")] = None,
     format: Annotated[str | None, typer.Option(
-        "--format", help="torchscript, onnx (needs the onnx extra) or safetensors (weights "
-                         "only). Default: from --out's suffix (.onnx, .safetensors), else "
-                         "torchscript.")] = None,
+        "--format", help=FORMAT_HELP + "torchscript (.pt, and any other suffix), onnx "
+                         "(needs the onnx extra) or safetensors (weights only).")] = None,
     calibration: Annotated[Path | None, typer.Option(
         help="facetrip eval's metrics.json of this checkpoint: thresholds for best accuracy "
              "and FAR 1e-2/1e-3/1e-4 go into the sidecar. Default: CHECKPOINT_DIR/eval/"
@@ -95,8 +71,9 @@ def export(
     source_size: Annotated[str | None, typer.Option(
         help="ONNX uint8 input size WIDTHxHEIGHT (default: the run's most common image "
              "size, else the model input size).")] = None,
-    device: Annotated[str, typer.Option(help="Where calibration embeds: auto, cpu, cuda.")
-    ] = "auto",
+    device: Annotated[str, typer.Option(
+        help=DEVICE_HELP + " Where calibration embeds its images.")] = "auto",
+    checkpoint: OldCheckpoint = None,
 ) -> None:
     """Export a model that runs without facetrip's training code, plus its JSON sidecar.
 
@@ -105,14 +82,13 @@ def export(
     weights, for facetrip.load_model(path). Every export is checked against the checkpoint
     on a batch of images (max |difference| <= 1e-4) before anything is written.
     """
-    from facetrip.deploy.export import export_model
+    from facetrip.deploy.export import ExportOptions, export_model
 
-    if format is None:
-        format = {".onnx": "onnx", ".safetensors": "safetensors"}.get(out.suffix, "torchscript")
+    model = model_option(model, checkpoint)
+    options = ExportOptions(format, calibration, onnx_input=input,
+                            onnx_source_size=parse_size(source_size), device=_device(device))
     with tqdm(desc="calibrate", unit="img", delay=0.5) as bar:
-        result = export_model(checkpoint, out, format, calibration, auto_calibration=True,
-                              onnx_input=input, onnx_source_size=parse_size(source_size),
-                              device=_device(device), progress=bar.update)
+        result = export_model(model, out, options, progress=bar.update)
     for note in result.notes:
         typer.echo(note)
     p = result.parity
@@ -122,6 +98,44 @@ def export(
     if c is not None:
         fars = ", ".join(f"FAR {k} {v['threshold']:.4f}" if v else f"FAR {k} -"
                          for k, v in c["far"].items())
-        typer.echo(f"calibrated on {c['pairs']} pairs of {c['dataset']} ({c['date']}, in-sample):"
-                   f" best accuracy {c['best_accuracy']['threshold']:.4f}, {fars}")
+        on = (f"{c['pairs']} pairs of {c['dataset']} ({c['date']}, in-sample)" if c["in_sample"]
+              else f"{c['chosen_on']} ({c['chosen_on_pairs']} pairs, held out from the "
+                   f"{c['pairs']} scored; {c['date']})")
+        typer.echo(f"thresholds chosen on {on}: best accuracy "
+                   f"{c['best_accuracy']['threshold']:.4f}, {fars}")
     typer.echo(f"wrote {result.path} and {result.sidecar}")
+
+
+@app.command(short_help="Compute embeddings for every image under a folder.",
+             help="Compute embeddings for every image under the folder DATA (searched "
+                  "recursively), with a checkpoint or any exported model. " + FACE_CROPS)
+def embed(
+    data: Annotated[Path, typer.Argument(
+        metavar="DATA", help="Folder of images (searched recursively).", show_default=False)],
+    out: Annotated[Path, typer.Option(
+        help="Output .npz (embeddings, paths[, labels, classes]) or .npy (+ OUT.paths.txt).")],
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
+    format: Annotated[str | None, typer.Option(
+        "--format", help=FORMAT_HELP + "npz or npy (other suffixes: npz).")] = None,
+    batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 256,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    checkpoint: OldCheckpoint = None,
+) -> None:
+    from facetrip.deploy.embed_folder import embed_folder, list_images
+    from facetrip.deploy.embedder import load_embedder
+
+    model = model_option(model, checkpoint)
+    batch_size, workers = check_batch_size(batch_size), default_workers(workers)
+    embedder = load_embedder(model, _device(device))
+    paths = list_images(data)
+    with tqdm(total=len(paths), desc="embed", unit="img", delay=0.5) as bar:
+        result = embed_folder(embedder, data, out, batch_size, workers, progress=bar.update,
+                              paths=paths, fmt=format)
+    if result.skipped:
+        typer.echo(f"warning: skipped {len(result.skipped)} files that cannot be used, e.g. "
+                   f"{result.skipped[0].path} ({result.skipped[0].reason}); see "
+                   f"{result.skipped_list}", err=True)
+    extra = f" (paths in {result.paths_file})" if result.paths_file else ""
+    typer.echo(f"wrote {result.count} embeddings of dimension {result.dim} to {result.out}"
+               + extra)

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from tqdm import tqdm
 
-from facetrip.cli.app import app
+from facetrip.cli.app import (
+    BATCH_SIZE_HELP,
+    DEVICE_HELP,
+    MODEL_HELP,
+    WORKERS_HELP,
+    app,
+    check_batch_size,
+    default_workers,
+)
 from facetrip.cli.app import device as _device
-from facetrip.cli.deploy import FACE_CROPS, MODEL_HELP, default_workers
+from facetrip.cli.deploy import FACE_CROPS
 from facetrip.errors import UserError
+
+if TYPE_CHECKING:
+    from facetrip.deploy.gallery import Identification
 
 FAR_HELP = ("Use the calibrated threshold at this false-accept rate (1e-2, 1e-3 or 1e-4; "
             "default: the best-accuracy threshold).")
@@ -30,7 +41,7 @@ def verify(
     far: Annotated[float | None, typer.Option(help=FAR_HELP)] = None,
     threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     from facetrip.deploy.embedder import load_embedder
     from facetrip.deploy.verify import verify as verify_pair
@@ -49,32 +60,28 @@ def verify(
 
 
 @app.command(short_help="Enroll identity folders into a gallery for identify.",
-             help="Enroll identity folders (GALLERY_DIR/<identity>/<image>) into a gallery: "
-                  "every image's embedding, one mean embedding per identity, and the model's "
-                  "fingerprint, so the gallery is only ever searched with this model. "
+             help="Enroll the identity folders of DATA (DATA/<identity>/<image>) into a "
+                  "gallery: every image's embedding, one mean embedding per identity, and the "
+                  "model's fingerprint, so the gallery is only ever searched with this model. "
                   + FACE_CROPS)
 def enroll(
-    gallery_dir: Annotated[Path, typer.Argument(help="Identity folders of face images.")],
+    data: Annotated[Path, typer.Argument(
+        metavar="DATA", help="Identity folders of face images.", show_default=False)],
     model: Annotated[Path, typer.Option(help=MODEL_HELP)],
     out: Annotated[Path, typer.Option(help="Output gallery, e.g. gallery.npz.")],
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
-    workers: Annotated[int | None, typer.Option(
-        help="Decoding worker processes (default: CPU cores - 1, 1 to 8; 0 = in-process).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 256,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     from facetrip.data.index import scan_identity_folder
     from facetrip.deploy.embedder import load_embedder
     from facetrip.deploy.gallery import enroll as enroll_gallery
 
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    batch_size, workers = check_batch_size(batch_size), default_workers(workers)
     embedder = load_embedder(model, _device(device))
-    total = len(scan_identity_folder(gallery_dir, validate=False))
+    total = len(scan_identity_folder(data, validate=False))
     with tqdm(total=total, desc="enroll", unit="img", delay=0.5) as bar:
-        result = enroll_gallery(embedder, gallery_dir, out, batch_size,
-                                default_workers() if workers is None else workers,
-                                progress=bar.update)
+        result = enroll_gallery(embedder, data, out, batch_size, workers, progress=bar.update)
     if result.skipped:
         s = result.skipped[0]
         typer.echo(f"warning: skipped {len(result.skipped)} files, e.g. {s.path} ({s.reason})",
@@ -88,8 +95,10 @@ def enroll(
 
 @app.command(short_help="Who is this? The nearest gallery identities of each probe image.",
              help="Who is this? The top-k gallery identities of each probe image with their "
-                  "distances; 'unknown' when even the nearest is at or above the threshold "
-                  "(the model's calibrated one unless --threshold or --far). Exact search, in "
+                  "distances, and, when there is a threshold (the model's calibrated one, "
+                  "--far or --threshold), the verdict: the nearest identity, or 'unknown' when "
+                  "even it is at or above the threshold. A model without calibration ranks "
+                  "only (--json: identity, known and threshold null). Exact search, in "
                   "bounded memory. " + FACE_CROPS)
 def identify(
     probes: Annotated[list[Path], typer.Argument(help="Face images to identify.")],
@@ -103,36 +112,43 @@ def identify(
              "embedding's.")] = "image",
     far: Annotated[float | None, typer.Option(help=FAR_HELP)] = None,
     threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object per probe.")
-    ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    json_: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object per probe: probe, identity (null when unknown "
+                       "or without a threshold), known (null without a threshold), threshold, "
+                       "threshold_source, metric, matches.")] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
-    from facetrip.deploy.calibration import choose_threshold
     from facetrip.deploy.embedder import load_embedder
-    from facetrip.deploy.gallery import check_model, load_gallery, rank_identities
+    from facetrip.deploy.gallery import identify as identify_probes
+    from facetrip.deploy.gallery import load_gallery
 
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
     g = load_gallery(gallery)
     embedder = load_embedder(model or Path(g.meta["model"]), _device(device))
-    check_model(g, embedder)
-    value, source = choose_threshold(embedder.calibration, far, threshold)
-    queries = embedder.embed_files(list(probes))
-    for probe, matches in zip(probes, rank_identities(g, queries, top_k, by), strict=True):
-        known = matches[0].distance < value
+    answers = identify_probes(embedder, g, list(probes), top_k, by, far, threshold)
+    for answer in answers:
         if json_:
-            typer.echo(json.dumps({
-                "probe": str(probe), "identity": matches[0].identity if known else None,
-                "known": known, "threshold": value, "threshold_source": source,
-                "metric": g.meta["distance"],
-                "matches": [{"identity": m.identity, "distance": m.distance, "image": m.image}
-                            for m in matches]}))
-            continue
-        head = (f"{matches[0].identity} (distance {matches[0].distance:.4f})" if known else
-                f"unknown (nearest {matches[0].identity} at {matches[0].distance:.4f} >= "
-                f"threshold {value:.4f})")
-        typer.echo(f"{probe}: {head}")
-        for rank, m in enumerate(matches, 1):
-            typer.echo(f"  {rank}. {m.identity}  {m.distance:.4f}")
-    if not json_:
-        typer.echo(f"threshold {value:.4f}: {source}")
+            typer.echo(json.dumps(answer.to_dict()))
+        else:
+            _print_identification(answer)
+    if not json_ and answers[0].threshold is not None:
+        typer.echo(f"threshold {answers[0].threshold:.4f}: {answers[0].threshold_source}")
+    elif not json_:
+        typer.echo("no threshold: the ranking only (this model has no calibration; pass "
+                   "--threshold, or export it with --calibration EVAL/metrics.json)")
+
+
+def _print_identification(answer: Identification) -> None:
+    """``PROBE: verdict`` then the ranking, one identity a line."""
+    first = answer.matches[0]
+    if answer.known is None:
+        head = f"nearest {first.identity} (distance {first.distance:.4f})"
+    elif answer.known:
+        head = f"{first.identity} (distance {first.distance:.4f})"
+    else:
+        head = (f"unknown (nearest {first.identity} at {first.distance:.4f} >= threshold "
+                f"{answer.threshold:.4f})")
+    typer.echo(f"{answer.probe}: {head}")
+    for rank, m in enumerate(answer.matches, 1):
+        typer.echo(f"  {rank}. {m.identity}  {m.distance:.4f}")

@@ -7,9 +7,13 @@ embeds the images in them with the checkpoint, checks that the result is what ``
 reported (so a metrics file of another model or of changed data is refused), and fits every
 threshold on those pairs (:func:`~facetrip.metrics.verification.operating_points`).
 
-Those thresholds are fitted on the pairs they are then scored on: the accuracy, TAR and FAR
-beside them are in-sample; the k-fold ``held_out_accuracy`` is the honest estimate. The
-calibration records the dataset, the pair counts and the date of the ``eval`` run.
+Where ``eval`` chose its thresholds on other pairs (``--calibrate-held-out``: the run's
+validation pairs, people it never trained on; or ``--calibration-pairs FILE``), the export's
+thresholds are chosen on those same pairs, rebuilt and re-embedded, and the sidecar says so
+(``in_sample: false``, ``chosen_on``). Otherwise they are fitted on the pairs eval scored:
+the accuracy, TAR and FAR beside them are then in-sample, and the k-fold
+``held_out_accuracy`` is the honest estimate. The calibration records the dataset, the pair
+counts and the date of the ``eval`` run.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import torch
 
 from facetrip.config import Config
 from facetrip.data.index import ImageFolderIndex, scan_identity_folder
-from facetrip.data.transforms import build_transform
+from facetrip.data.transforms import Preprocessing
 from facetrip.errors import UserError
-from facetrip.evaluation.sources import Loading, embed_index, load_pairs
-from facetrip.metrics.pairs import pair_distances
+from facetrip.evaluation.evaluate import held_out_calibration
+from facetrip.evaluation.sources import Loading, embed_index, load_pairs, pairs_from_file
+from facetrip.metrics.pairs import PairIndexList, pair_distances
 from facetrip.metrics.verification import operating_points, verification_metrics
 
 FARS = (1e-2, 1e-3, 1e-4)
@@ -43,7 +48,7 @@ def far_key(far: float) -> str:
     return f"{float(far):g}"
 
 
-def read_metrics(path: str | Path) -> dict:
+def read_eval_metrics(path: str | Path) -> dict:
     """``facetrip eval``'s metrics.json (UserError when it is missing or not one)."""
     path = Path(path)
     if not path.is_file():
@@ -72,7 +77,7 @@ def find_calibration(checkpoint: str | Path) -> tuple[Path | None, str]:
     if not path.is_file():
         return None, "no calibration: no eval/metrics.json beside the checkpoint"
     try:
-        metrics = read_metrics(path)
+        metrics = read_eval_metrics(path)
     except UserError as exc:
         return None, f"no calibration: {exc}"
     if not same_file(metrics.get("checkpoint") or "", checkpoint):
@@ -91,6 +96,66 @@ def _used_subset(index: ImageFolderIndex, used: np.ndarray) -> ImageFolderIndex:
                             index.classes)
 
 
+def _read_for_calibration(metrics_path: Path, checkpoint: str | Path) -> dict:
+    """``facetrip eval``'s metrics.json, when it can calibrate ``checkpoint``'s export.
+
+    Raises:
+        UserError: it scores an embeddings file or flipped images, evaluates another
+            checkpoint, or its dataset is gone.
+    """
+    metrics = read_eval_metrics(metrics_path)
+    dataset, options = metrics.get("dataset") or {}, metrics.get("options") or {}
+    where = f"calibration {metrics_path}"
+    if "root" not in dataset:
+        raise UserError(f"{where} scores an embeddings file, which cannot be tied to a model: "
+                        "calibrate with `facetrip eval DIR --model CKPT`")
+    if options.get("flip"):
+        raise UserError(f"{where} was measured with --flip, which the exported model does not "
+                        "do: evaluate again without --flip")
+    named = metrics.get("checkpoint")
+    if named and Path(named).exists() and not same_file(named, checkpoint):
+        raise UserError(f"{where} evaluates {named}, not {checkpoint}")
+    if not Path(dataset["root"]).is_dir():
+        raise UserError(f"{where}: its dataset {dataset['root']} is not found (paths are "
+                        "relative to where `facetrip eval` ran)")
+    return metrics
+
+
+def _pair_distances_again(
+    metrics: dict, where: str, model: torch.nn.Module, cfg: Config,
+    device: torch.device | str, batch_size: int, progress: Callable[[int], None] | None,
+) -> tuple[list[tuple[np.ndarray, PairIndexList]], str | None]:
+    """The pairs ``metrics`` scored (redrawn, or reread from its pairs file) and, when eval
+    chose its thresholds on other pairs, those (rebuilt), every image in them embedded once
+    with ``model``: ``([((P,) distances, pairs), ...], description of the calibration pairs or
+    None)``."""
+    ver, dataset = metrics["verification"], metrics["dataset"]
+    options = metrics.get("options") or {}
+    root = Path(dataset["root"])
+    folds, n_pairs = int(ver["folds"]), int(ver["n_pairs"])
+    index = scan_identity_folder(root)
+    pairs = [load_pairs(index, dataset.get("pairs_file"), folds, n_pairs // folds,
+                        int(options.get("seed", 0)))]
+    if len(pairs[0]) != n_pairs:
+        raise UserError(f"{where}: {root} now gives {len(pairs[0])} pairs, not the {n_pairs} "
+                        "evaluated: the dataset changed; evaluate again")
+    chosen_on = None
+    if options.get("calibrate_held_out"):
+        held_out, chosen_on = held_out_calibration(cfg, index)
+        pairs.append(held_out)
+    elif dataset.get("calibration_pairs"):
+        chosen_on = str(dataset["calibration_pairs"])
+        pairs.append(pairs_from_file(chosen_on, index.paths))
+    used = np.unique(np.concatenate([np.concatenate([p.idx1, p.idx2]) for p in pairs]))
+    transform = Preprocessing.from_config(cfg.data).transform()
+    emb_used = embed_index(model, _used_subset(index, used), transform, torch.device(device),
+                           Loading(batch_size), progress=progress)
+    emb = np.zeros((len(index), emb_used.shape[1]), dtype=np.float32)
+    emb[used] = emb_used
+    distance = options.get("metric", "euclidean")
+    return [(pair_distances(emb, p, distance), p) for p in pairs], chosen_on
+
+
 def calibrate(
     metrics_path: str | Path,
     model: torch.nn.Module,
@@ -103,14 +168,15 @@ def calibrate(
     """The calibration block of the sidecar, from ``facetrip eval``'s ``metrics_path``.
 
     Args:
-        metrics_path: metrics.json of ``facetrip eval --checkpoint CHECKPOINT --data DIR``.
+        metrics_path: metrics.json of ``facetrip eval DIR --model CHECKPOINT``.
         model, cfg: the checkpoint's network and run config (as ``model_from_checkpoint``).
         checkpoint: its path (checked against the one ``metrics.json`` names, when it exists).
         progress: ``progress(n)`` per batch of ``n`` embedded images.
 
     Returns:
         ``{"metrics", "dataset", "pairs_file", "pairs", "same", "different", "folds", "seed",
-        "distance", "date", "in_sample", "held_out_accuracy", "auc", "best_accuracy":
+        "distance", "date", "in_sample", "chosen_on", "chosen_on_pairs",
+        "held_out_accuracy", "auc", "best_accuracy":
         {"threshold", "accuracy"}, "far": {"0.01": {"threshold", "tar", "far"} | None, ...}}``.
 
     Raises:
@@ -119,59 +185,36 @@ def calibrate(
             scores.
     """
     metrics_path = Path(metrics_path)
-    metrics = read_metrics(metrics_path)
-    ver, dataset = metrics["verification"], metrics.get("dataset") or {}
-    options = metrics.get("options") or {}
     where = f"calibration {metrics_path}"
-    if "root" not in dataset:
-        raise UserError(f"{where} scores an embeddings file, which cannot be tied to a model: "
-                        "calibrate with `facetrip eval --checkpoint CKPT --data DIR`")
-    if options.get("flip"):
-        raise UserError(f"{where} was measured with --flip, which the exported model does not "
-                        "do: evaluate again without --flip")
-    named = metrics.get("checkpoint")
-    if named and Path(named).exists() and not same_file(named, checkpoint):
-        raise UserError(f"{where} evaluates {named}, not {checkpoint}")
-    root = Path(dataset["root"])
-    if not root.is_dir():
-        raise UserError(f"{where}: its dataset {root} is not found (paths are relative to "
-                        "where `facetrip eval` ran)")
-    metric = options.get("metric", "euclidean")
-    folds, n_pairs = int(ver["folds"]), int(ver["n_pairs"])
-    index = scan_identity_folder(root)
-    pairs = load_pairs(index, dataset.get("pairs_file"), folds, n_pairs // folds,
-                       int(options.get("seed", 0)))
-    if len(pairs) != n_pairs:
-        raise UserError(f"{where}: {root} now gives {len(pairs)} pairs, not the {n_pairs} "
-                        "evaluated: the dataset changed; evaluate again")
-    used = np.unique(np.concatenate([pairs.idx1, pairs.idx2]))
-    d = cfg.data
-    transform = build_transform(d.image_size, d.mean, d.std, d.crop_fraction,
-                                crop_box=d.crop_box, grayscale=d.grayscale)
-    emb_used = embed_index(model, _used_subset(index, used), transform, torch.device(device),
-                           Loading(batch_size), progress=progress)
-    emb = np.zeros((len(index), emb_used.shape[1]), dtype=np.float32)
-    emb[used] = emb_used
-    distances = pair_distances(emb, pairs, metric)
-    again = verification_metrics(distances, pairs.issame, folds=pairs.fold)
+    metrics = _read_for_calibration(metrics_path, checkpoint)
+    ver, options = metrics["verification"], metrics.get("options") or {}
+    root = Path(metrics["dataset"]["root"])
+    measured, chosen_on = _pair_distances_again(metrics, where, model, cfg, device,
+                                                batch_size, progress)
+    (distances, pairs), fitting = measured[0], measured[-1]
+    again = verification_metrics(
+        distances, pairs.issame, folds=pairs.fold,
+        calibration=(fitting[0], fitting[1].issame) if chosen_on else None)
     for key in ("auc", "accuracy"):
         old, new = ver.get(key), again.get(key)
-        if old is not None and new is not None and abs(old - new) > _AGREEMENT + 2 / n_pairs:
+        if old is not None and new is not None and abs(old - new) > _AGREEMENT + 2 / len(pairs):
             raise UserError(f"{where} reports {key} {old:.4f}, but this checkpoint on {root} "
                             f"gives {new:.4f}: another model or changed data; evaluate again")
-    points = operating_points(distances, pairs.issame, FARS)
+    points = operating_points(fitting[0], fitting[1].issame, FARS)
     return {
         "metrics": str(metrics_path),
         "dataset": str(root),
-        "pairs_file": dataset.get("pairs_file"),
-        "pairs": n_pairs,
+        "pairs_file": metrics["dataset"].get("pairs_file"),
+        "pairs": len(pairs),
         "same": int(again["n_same"]),
         "different": int(again["n_different"]),
-        "folds": folds,
+        "folds": int(ver["folds"]),
         "seed": int(options.get("seed", 0)),
-        "distance": metric,
+        "distance": options.get("metric", "euclidean"),
         "date": _eval_date(metrics_path),
-        "in_sample": True,
+        "in_sample": chosen_on is None,
+        "chosen_on": chosen_on,  #: the pairs the thresholds were chosen on (None: the scored)
+        "chosen_on_pairs": len(fitting[1]),
         "held_out_accuracy": ver.get("accuracy"),
         "auc": again.get("auc"),
         "best_accuracy": points["best_accuracy"],
@@ -186,7 +229,7 @@ def checkpoint_calibration(checkpoint: str | Path) -> dict | None:
     path, _ = find_calibration(checkpoint)
     if path is None:
         return None
-    metrics = read_metrics(path)
+    metrics = read_eval_metrics(path)
     ver, options = metrics["verification"], metrics.get("options") or {}
     if options.get("flip"):
         return None
@@ -201,6 +244,17 @@ def checkpoint_calibration(checkpoint: str | Path) -> dict | None:
         "best_accuracy": {"threshold": ver["threshold"]},
         "far": {},
     }
+
+
+def optional_threshold(
+    calibration: Mapping[str, Any] | None, far: float | None = None,
+    threshold: float | None = None,
+) -> tuple[float | None, str | None]:
+    """:func:`choose_threshold`, or ``(None, None)`` when there is nothing to choose from (no
+    calibration, no ``far``, no ``threshold``): for a ranking, which needs none."""
+    if not calibration and far is None and threshold is None:
+        return None, None
+    return choose_threshold(calibration, far, threshold)
 
 
 def choose_threshold(
@@ -224,6 +278,8 @@ def choose_threshold(
                         "--calibration EVAL/metrics.json")
     on = (f"{calibration.get('pairs')} pairs of {calibration.get('dataset')}, "
           f"{calibration.get('date')}")
+    if calibration.get("chosen_on"):
+        on = f"{calibration['chosen_on']}, {calibration.get('date')}"
     if far is None:
         return float(calibration["best_accuracy"]["threshold"]), f"best accuracy on {on}"
     point = (calibration.get("far") or {}).get(far_key(far))

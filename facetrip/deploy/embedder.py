@@ -21,15 +21,8 @@ import torch
 from facetrip.data.decode import ImageError, decode_rgb
 from facetrip.data.transforms import Normalize, preprocess_from_config
 from facetrip.deploy.calibration import checkpoint_calibration
-from facetrip.deploy.sidecar import (
-    fingerprint,
-    preprocess_from_sidecar,
-    preprocessing,
-    read_sidecar,
-)
+from facetrip.deploy.sidecar import describe_model, preprocess_from_sidecar, read_sidecar
 from facetrip.errors import UserError
-
-KINDS = ("checkpoint", "torchscript", "onnx", "safetensors")
 
 
 @dataclass(frozen=True)
@@ -126,15 +119,9 @@ def _checkpoint_embedder(path: Path, device: torch.device) -> Embedder:
     model, cfg = model_from_checkpoint(load_checkpoint(path), device)
     pre, mean, std = preprocess_from_config(cfg.data), cfg.data.mean, cfg.data.std
     calibration = checkpoint_calibration(path)
-    meta = {
-        "format": "checkpoint",
-        "model_spec": model.spec.to_dict(),
-        **preprocessing(pre, mean, std),
-        "embedding_dim": model.spec.embedding_dim,
-        "distance": calibration["distance"] if calibration else cfg.eval.metric,
-        "fingerprint": fingerprint(model.state_dict(), model.spec.to_dict(), pre, mean, std),
-        "calibration": calibration,
-    }
+    distance = calibration["distance"] if calibration else cfg.eval.metric
+    meta = {**describe_model("checkpoint", model, pre, mean, std, distance),
+            "calibration": calibration}
     return Embedder(path, "checkpoint", meta, pre, device,
                     _network(model, mean, std, device, cfg.train.channels_last))
 
@@ -170,14 +157,14 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embed
     if path.suffix == ".onnx":
         return _onnx_embedder(path, read_sidecar(path, "onnx"))
     if path.suffix == ".safetensors":
-        from facetrip.deploy.weights import model_from_safetensors
+        from facetrip.deploy.safetensors_io import model_from_safetensors
 
         meta = read_sidecar(path, "safetensors")
         model, _ = model_from_safetensors(path, device)
         return Embedder(path, "safetensors", meta, preprocess_from_sidecar(meta), device,
                         _network(model, meta["mean"], meta["std"], device))
     if _is_torchscript(path):
-        from facetrip.deploy.export import load_torchscript
+        from facetrip.deploy.torchscript import load_torchscript
 
         meta = read_sidecar(path, "torchscript")
         module = load_torchscript(path, device)

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from facetrip.data.decode import display_path
 from facetrip.data.index import SkippedFile, scan_identity_folder
-from facetrip.deploy.embed import iter_folder_embeddings
+from facetrip.deploy.calibration import optional_threshold
+from facetrip.deploy.embed_folder import first_skipped, stream_rows
 from facetrip.errors import UserError
 from facetrip.io import atomic_write
 from facetrip.metrics.knn import DEFAULT_CHUNK_SIZE, knn
@@ -48,6 +48,37 @@ class EnrollResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     #: identity folders with no usable image (not in the gallery)
     empty: list[str] = field(default_factory=list)
+
+
+def _centroids(rows: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(centroids (n, D) float32, counts (n,))``: each identity's mean embedding,
+    re-normalised to unit length, of ``rows`` ``(N, D)`` grouped by ``labels`` ``(N,)``."""
+    counts = np.bincount(labels, minlength=n)
+    starts = np.concatenate(([0], np.cumsum(counts)))
+    if np.any(np.diff(labels) < 0):  # pragma: no cover - scan orders paths by identity
+        raise AssertionError("gallery rows are not grouped by identity")
+    centroids = np.empty((n, rows.shape[1]), dtype=np.float32)
+    for c in range(n):  # identity rows are contiguous: one slice each
+        mean = np.asarray(rows[starts[c] : starts[c + 1]], np.float64).mean(0)
+        centroids[c] = mean / max(np.linalg.norm(mean), 1e-12)
+    return centroids, counts
+
+
+def _gallery_meta(embedder: Any, root: Path, dim: int, identities: int, images: int) -> dict:
+    """The gallery's ``meta``: the model it is tied to (fingerprint), what it holds, when."""
+    return {
+        "gallery_version": GALLERY_VERSION,
+        "facetrip_version": __version__,
+        "fingerprint": embedder.fingerprint,
+        "model": str(embedder.path),
+        "model_format": embedder.kind,
+        "distance": embedder.distance,
+        "embedding_dim": dim,
+        "root": str(root),
+        "identities": identities,
+        "images": images,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def enroll(
@@ -73,52 +104,21 @@ def enroll(
     root, out = Path(root), Path(out)
     index = scan_identity_folder(root, validate=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    skipped: list[SkippedFile] = list(index.skipped)
-    kept: list[int] = []
-    dim = 0
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        scratch = Path(tmp) / "rows.f32"
-        with open(scratch, "wb") as rows:
-            for emb, idx, failed in iter_folder_embeddings(embedder, root, index.paths,
-                                                           batch_size, workers):
-                skipped += [SkippedFile(index.paths[i], reason) for i, reason in failed]
-                if idx:
-                    rows.write(np.ascontiguousarray(emb, dtype=np.float32).tobytes())
-                    kept += idx
-                    dim = emb.shape[1]
-                if progress is not None:
-                    progress(len(idx) + len(failed))
-        present, labels = np.unique(index.labels[kept], return_inverse=True)
-        if not kept:
+        rows = stream_rows(embedder, root, index.paths, Path(tmp) / "rows.f32", batch_size,
+                           workers, progress)
+        skipped = list(index.skipped) + rows.skipped
+        if not rows.kept:
             raise UserError(f"a gallery of zero identities: no image under {root} could be "
-                            "used" + (f" (e.g. {display_path(skipped[0].path)}: "
-                                      f"{skipped[0].reason})" if skipped else ""))
-        store = np.memmap(scratch, dtype=np.float32, mode="r", shape=(len(kept), dim))
-        counts = np.bincount(labels, minlength=len(present))
-        starts = np.concatenate(([0], np.cumsum(counts)))
-        if np.any(np.diff(labels) < 0):  # pragma: no cover - scan orders paths by identity
-            raise AssertionError("gallery rows are not grouped by identity")
-        centroids = np.empty((len(present), dim), dtype=np.float32)
-        for c in range(len(present)):  # identity rows are contiguous: one slice each
-            mean = np.asarray(store[starts[c] : starts[c + 1]], np.float64).mean(0)
-            centroids[c] = mean / max(np.linalg.norm(mean), 1e-12)
-        meta = {
-            "gallery_version": GALLERY_VERSION,
-            "facetrip_version": __version__,
-            "fingerprint": embedder.fingerprint,
-            "model": str(embedder.path),
-            "model_format": embedder.kind,
-            "distance": embedder.distance,
-            "embedding_dim": dim,
-            "root": str(root),
-            "identities": int(len(present)),
-            "images": len(kept),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+                            "used" + first_skipped(skipped))
+        present, labels = np.unique(index.labels[rows.kept], return_inverse=True)
+        store = rows.array()
+        centroids, counts = _centroids(store, labels, len(present))
+        meta = _gallery_meta(embedder, root, rows.dim, int(len(present)), len(rows.kept))
         arrays = {
             "embeddings": store,
             "labels": labels.astype(np.int64),
-            "paths": np.asarray([index.paths[i] for i in kept]),
+            "paths": np.asarray([index.paths[i] for i in rows.kept]),
             "identities": np.asarray([index.classes[i] for i in present]),
             "centroids": centroids,
             "counts": counts.astype(np.int64),
@@ -128,7 +128,7 @@ def enroll(
         del store, arrays
     empty = list(index.empty_classes) + [index.classes[i] for i in
                                          sorted(set(range(len(index.classes))) - set(present))]
-    return EnrollResult(out, int(len(present)), len(kept), skipped, empty)
+    return EnrollResult(out, int(len(present)), len(rows.kept), skipped, empty)
 
 
 # --------------------------------------------------------------------------- reading
@@ -321,10 +321,58 @@ def rank_identities(
     return out  # type: ignore[return-value]
 
 
-def gallery_environment_note(gallery: Gallery) -> str:
-    """One line describing the gallery (for the CLI)."""
-    m = gallery.meta
-    return (f"gallery {display_path(gallery.path)}: {m.get('identities')} identities, "
-            f"{m.get('images')} images, {m.get('distance')} distance, enrolled "
-            f"{m.get('created')} from {display_path(m.get('root', '?'))}")
+@dataclass
+class Identification:
+    """The answer for one probe: its ranking, and the known/unknown verdict when there is a
+    threshold (``threshold`` None: a ranking only, ``known`` and ``identity`` None)."""
 
+    probe: str
+    matches: list[Match]  #: the nearest identities, nearest first
+    threshold: float | None
+    threshold_source: str | None  #: "--threshold", "best accuracy on ...", "FAR 0.001 on ..."
+    metric: str
+
+    @property
+    def known(self) -> bool | None:
+        """Whether the nearest identity is nearer than the threshold (None: no threshold)."""
+        if self.threshold is None:
+            return None
+        return self.matches[0].distance < self.threshold
+
+    @property
+    def identity(self) -> str | None:
+        """The nearest identity when it is known, else None."""
+        return self.matches[0].identity if self.known else None
+
+    def to_dict(self) -> dict:
+        return {"probe": self.probe, "identity": self.identity, "known": self.known,
+                "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "metric": self.metric,
+                "matches": [{"identity": m.identity, "distance": m.distance, "image": m.image}
+                            for m in self.matches]}
+
+
+def identify(
+    embedder: Any,
+    gallery: Gallery,
+    probes: list[Path],
+    k: int = 5,
+    by: str = "image",
+    far: float | None = None,
+    threshold: float | None = None,
+) -> list[Identification]:
+    """Rank the ``k`` nearest identities of ``gallery`` for each probe image file, with
+    ``embedder`` (the model that enrolled it, or an export of it), and decide known/unknown
+    when there is a threshold: ``threshold``, else the calibrated one at ``far``, else the
+    best-accuracy one; a model without calibration and neither given ranks only.
+
+    Raises:
+        UserError: another model's gallery; a probe missing or unusable; ``far`` without a
+            calibration (or one that cannot resolve it); a bad ``k`` or ``by``.
+    """
+    check_model(gallery, embedder)
+    value, source = optional_threshold(embedder.calibration, far, threshold)
+    queries = embedder.embed_files(list(probes))
+    ranked = rank_identities(gallery, queries, k, by)
+    return [Identification(str(probe), matches, value, source, gallery.meta["distance"])
+            for probe, matches in zip(probes, ranked, strict=True)]

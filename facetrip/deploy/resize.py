@@ -9,8 +9,8 @@ the horizontal pass runs first and its result is ``uint8`` again.
 
 :func:`resize_weights` computes those integer weights the same way (the same float64
 operations in the same order), so an exported graph without torch's kernel (ONNX) resizes to
-exactly the same pixels with two matrix products (:func:`resize_uint8` is the reference,
-tested against torchvision bit for bit).
+exactly the same pixels with two matrix products (tested against torchvision bit for bit,
+``tests/deploy/test_resize.py``).
 """
 
 from __future__ import annotations
@@ -60,16 +60,3 @@ def resize_weights(n_in: int, n_out: int) -> tuple[np.ndarray, int]:
             scaled = w * (1 << precision)
             matrix[i, xmin + j] = int(-0.5 + scaled) if w < 0 else int(0.5 + scaled)
     return matrix, precision
-
-
-def resize_uint8(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``uint8 (..., H, W)`` -> ``uint8 (..., size[0], size[1])``, pixel for pixel as
-    torchvision's antialiased bilinear ``resize`` (the reference for the ONNX graph)."""
-    x = images.astype(np.int64)
-    if x.shape[-1] != size[1]:
-        m, p = resize_weights(x.shape[-1], size[1])
-        x = np.clip((x @ m.T + (1 << (p - 1))) >> p, 0, 255)
-    if x.shape[-2] != size[0]:
-        m, p = resize_weights(x.shape[-2], size[0])
-        x = np.clip((m @ x + (1 << (p - 1))) >> p, 0, 255)
-    return x.astype(np.uint8)

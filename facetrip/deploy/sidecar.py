@@ -1,5 +1,6 @@
 """The JSON sidecar of an exported model (``MODEL.json`` beside ``MODEL``), one schema for
-TorchScript, ONNX and safetensors, and the model fingerprint galleries are tied to.
+every format, built in one place (:func:`describe_model`, also what a bare checkpoint says of
+itself), and the model fingerprint galleries are tied to.
 
 Fields (see README "Deploy"): ``facetrip_version``, ``format``, ``architecture``,
 ``model_spec``, ``input_size``, ``colour_order``, ``crop_fraction``, ``crop_box``,
@@ -18,11 +19,11 @@ from typing import Any
 
 import torch
 
-from facetrip.data.transforms import Preprocess
+from facetrip.data.transforms import Preprocess, Preprocessing
 from facetrip.errors import UserError
-from facetrip.io import atomic_write
+from facetrip.model import EmbeddingNet
+from facetrip.version import __version__
 
-FORMATS = ("torchscript", "onnx", "safetensors")
 REQUIRED = ("format", "model_spec", "input_size", "crop_fraction", "crop_box", "grayscale",
             "mean", "std", "embedding_dim", "distance", "fingerprint", "file_sha256")
 
@@ -34,23 +35,13 @@ def sidecar_path(model_path: str | Path) -> Path:
 
 
 def preprocessing(pre: Preprocess, mean: Sequence[float], std: Sequence[float]) -> dict:
-    """The sidecar's preprocessing fields of a run."""
-    return {
-        "input_size": pre.size,
-        "colour_order": "RGB",
-        "crop_fraction": pre.crop_fraction,
-        "crop_box": list(pre.crop_box) if pre.crop_box is not None else None,
-        "grayscale": pre.grayscale,
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-    }
+    """The sidecar's preprocessing fields of a run (:meth:`Preprocessing.to_fields`)."""
+    return Preprocessing(pre, tuple(mean), tuple(std)).to_fields()
 
 
 def preprocess_from_sidecar(meta: Mapping[str, Any]) -> Preprocess:
     """The :class:`Preprocess` a sidecar describes (facetrip's own, exactly as in training)."""
-    box = tuple(float(v) for v in meta["crop_box"]) if meta.get("crop_box") else None
-    return Preprocess(int(meta["input_size"]), float(meta["crop_fraction"]), box,
-                      bool(meta["grayscale"]))
+    return Preprocessing.from_fields(dict(meta)).crop
 
 
 def fingerprint(state_dict: Mapping[str, torch.Tensor], model_spec: Mapping[str, Any],
@@ -80,12 +71,27 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_sidecar(model_path: str | Path, meta: Mapping[str, Any]) -> Path:
-    """Write ``meta`` as ``model_path``'s sidecar (atomically); returns its path."""
-    return atomic_write(sidecar_path(model_path), json.dumps(meta, indent=2) + "\n")
+def describe_model(fmt: str, model: EmbeddingNet, pre: Preprocess, mean: Sequence[float],
+                   std: Sequence[float], distance: str) -> dict:
+    """The sidecar's fields of ``model`` with the preprocessing ``pre``, ``mean``, ``std``:
+    what made it, what it is (``fmt``: an export format, or ``checkpoint``), its input and
+    output, and its :func:`fingerprint`. An export adds what the file takes, its hash, the
+    parity, the calibration and the provenance."""
+    spec = model.spec.to_dict()
+    return {
+        "facetrip_version": __version__,
+        "format": fmt,
+        "architecture": model.spec.arch,
+        "model_spec": spec,
+        **preprocessing(pre, mean, std),
+        "embedding_dim": model.spec.embedding_dim,
+        "normalized_output": True,
+        "distance": distance,
+        "fingerprint": fingerprint(model.state_dict(), spec, pre, mean, std),
+    }
 
 
-def read_sidecar(model_path: str | Path, expected_format: str | None = None) -> dict:
+def read_sidecar(model_path: str | Path, expected_format: str) -> dict:
     """The sidecar of the exported model ``model_path``, checked against the file.
 
     Raises:
@@ -104,9 +110,9 @@ def read_sidecar(model_path: str | Path, expected_format: str | None = None) -> 
     missing = [k for k in REQUIRED if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise UserError(f"sidecar {path} lacks {', '.join(missing)}: not a facetrip sidecar")
-    if meta["format"] not in FORMATS or (expected_format and meta["format"] != expected_format):
+    if meta["format"] != expected_format:
         raise UserError(f"sidecar {path} describes a {meta['format']!r} model, but {model_path} "
-                        f"is {expected_format or 'not one of ' + ', '.join(FORMATS)}")
+                        f"is {expected_format}")
     if file_sha256(model_path) != meta["file_sha256"]:
         raise UserError(f"sidecar {path} does not match {model_path} (it describes another "
                         "file): export again, or put the model's own sidecar beside it")

@@ -307,7 +307,8 @@ def _options(request: EvalRequest) -> dict:
     """The request's scoring options as metrics.json records them (``metric``: the
     distance, under the name earlier files used)."""
     return {"metric": request.distance, "flip": request.flip, "ks": list(request.ks),
-            "seed": request.protocol.seed}
+            "seed": request.protocol.seed,
+            "calibrate_held_out": request.protocol.calibrate_held_out}
 
 
 def held_out_calibration(cfg: Config, index: ImageFolderIndex, recorded: dict | None = None

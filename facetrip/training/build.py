@@ -30,6 +30,8 @@ from facetrip.data.sampler import PKSampler, SeededBatchSampler
 from facetrip.data.transforms import BatchAugment, Normalize, preprocess_from_config
 from facetrip.errors import UserError
 from facetrip.loss import TripletLoss
+from facetrip.loss.classifier import IdentityClassifier
+from facetrip.loss.memory import CrossBatchMemory
 from facetrip.metrics.pairs import PairIndexList, generate_pairs
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
 from facetrip.training.checkpoint import load_checkpoint
@@ -331,10 +333,13 @@ def init_from_checkpoint(model: EmbeddingNet, path: str) -> None:
     model.load_state_dict(ckpt["model"])
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW; no weight decay on biases and normalisation parameters."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+def build_optimizer(cfg: Config, model: torch.nn.Module,
+                    head: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over ``model`` (and a training-only ``head``); no weight decay
+    on biases and normalisation parameters."""
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
     groups = [
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -372,6 +377,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule
     """A per-step LambdaLR following ``schedule``. (The schedule is wrapped in a function, so
     the scheduler's state dict holds plain numbers only.)"""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
+
+
+def build_classifier(cfg: Config, identities: int) -> IdentityClassifier | None:
+    """The identity-classification head of ``loss.classifier`` over the ``identities``
+    training identities, or None when it is off."""
+    c = cfg.loss
+    if c.classifier is None:
+        return None
+    return IdentityClassifier(cfg.model.embedding_dim, identities, c.classifier,
+                              c.classifier_scale, c.classifier_margin)
+
+
+def build_memory(cfg: Config) -> CrossBatchMemory | None:
+    """The cross-batch memory of ``loss.memory`` (None when 0)."""
+    if not cfg.loss.memory:
+        return None
+    return CrossBatchMemory(cfg.loss.memory, cfg.model.embedding_dim, cfg.loss.memory_start)
 
 
 def build_loss(cfg: Config) -> TripletLoss:

@@ -23,6 +23,7 @@ from torch import nn
 
 from facetrip.errors import UserError
 from facetrip.loss import TripletLoss
+from facetrip.loss.memory import CrossBatchMemory
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,9 @@ class GlobalTripletLoss(nn.Module):
     ``n_triplets`` the global count. All ranks must hold batches of the same size.
     """
 
-    def __init__(self, loss: TripletLoss) -> None:
+    def __init__(self, loss: TripletLoss, memory: CrossBatchMemory | None = None) -> None:
         super().__init__()
-        self.loss = loss
+        self.loss, self.memory = loss, memory
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -145,9 +146,16 @@ class GlobalTripletLoss(nn.Module):
         labels = labels.to(embeddings.device)
         gathered = AllGather.apply(embeddings)
         gathered_labels = all_gather_labels(labels)
-        local, stats = self.loss(embeddings, labels, ref_embeddings=gathered,
-                                 ref_labels=gathered_labels,
+        refs, ref_labels, used = gathered, gathered_labels, 0
+        if self.memory is not None and self.memory.active:  # every rank holds the same
+            used = int(self.memory.filled)
+            refs, ref_labels = self.memory.references(gathered, gathered_labels)
+        local, stats = self.loss(embeddings, labels, ref_embeddings=refs,
+                                 ref_labels=ref_labels,
                                  ref_self_index=rank * embeddings.shape[0])
+        if self.memory is not None:
+            self.memory.push(gathered, gathered_labels)
+            stats = {**stats, "memory_size": float(used)}
         n_local = float(stats.get("n_triplets", 0.0))
         totals = torch.tensor([n_local, n_local * float(local.detach())],
                               dtype=torch.float64, device=embeddings.device)
@@ -159,3 +167,36 @@ class GlobalTripletLoss(nn.Module):
         stats = {**stats, "n_triplets": n_global}
         # the global value for logging and the non-finite check; the scaled gradient
         return scaled + (scaled.new_tensor(value) - scaled).detach(), stats
+
+
+def _average_over_ranks(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient hook: this parameter's gradient averaged over the ranks (as DDP does for
+    the network's)."""
+    grad = grad.contiguous().clone()
+    dist.all_reduce(grad)
+    return grad / dist.get_world_size()
+
+
+class GlobalClassifierLoss(nn.Module):
+    """``loss.classifier`` with several processes: each rank's cross-entropy over its share
+    of the global batch, the head's gradient averaged over the ranks (a hook on each of its
+    parameters, as DDP averages the network's). With equal shares the mean of the ranks'
+    means is the global batch's mean, so the step is the single-process step. The returned
+    loss has the global *value* (all-reduced: every rank logs the same number and agrees on a
+    non-finite step) and this rank's gradient; ``stats`` are the global ones."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+        for param in classifier.parameters():
+            param.register_hook(_average_over_ranks)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        local, stats = self.classifier(embeddings, labels)
+        totals = torch.tensor([float(local.detach()), stats["cls_accuracy"]],
+                              dtype=torch.float64, device=embeddings.device)
+        dist.all_reduce(totals)
+        value, accuracy = (float(v) / dist.get_world_size() for v in totals)
+        return (local + (local.new_tensor(value) - local).detach(),
+                {"cls_loss": value, "cls_accuracy": accuracy})

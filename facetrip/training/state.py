@@ -32,6 +32,9 @@ class TrainState:
     bad_steps: int = 0  #: steps in a row skipped for a non-finite loss or gradient
     skipped_steps: int = 0  #: steps skipped so far in the run, for any reason above
     schedule: LRSchedule | None = None  #: what ``scheduler`` follows (saved for a resume)
+    #: the identity-classification head (``loss.classifier``; training only, not the network)
+    classifier: nn.Module | None = None
+    memory: nn.Module | None = None  #: the cross-batch memory (``loss.memory``; training only)
 
     @property
     def net(self) -> EmbeddingNet:
@@ -56,6 +59,9 @@ class TrainState:
             state["scaler"] = self.scaler.state_dict()
         if self.schedule is not None:
             state["schedule"] = self.schedule.to_dict()
+        for name in ("classifier", "memory"):
+            if getattr(self, name) is not None:
+                state[name] = getattr(self, name).state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -69,6 +75,9 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        for name in ("classifier", "memory"):
+            if getattr(self, name) is not None and name in state:
+                getattr(self, name).load_state_dict(state[name])
         self.epoch, self.batch, self.step = state["epoch"], state.get("batch", 0), state["step"]
         self.best_accuracy, self.best_epoch = state.get("best_accuracy"), state.get("best_epoch")
         self.bad_steps = state.get("bad_steps", 0)

@@ -21,9 +21,13 @@ from torch import nn
 
 from facetrip.config import Config, config_from_dict, resume_config, save_config
 from facetrip.errors import UserError
+from facetrip.loss.classifier import JointLoss
+from facetrip.loss.memory import MemoryTripletLoss
 from facetrip.training.build import (
     TrainData,
+    build_classifier,
     build_loss,
+    build_memory,
     build_model,
     build_optimizer,
     build_schedule,
@@ -40,7 +44,7 @@ from facetrip.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from facetrip.training.distributed import DistContext, GlobalTripletLoss
+from facetrip.training.distributed import DistContext, GlobalClassifierLoss, GlobalTripletLoss
 from facetrip.training.hooks import ResumeInfo, TrainHooks
 from facetrip.training.loop import (
     CollapseDetector,
@@ -140,7 +144,12 @@ def prepare_run(
             state.model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = build_loss(cfg)
     if ctx.distributed and cfg.loss.scope == "global":
-        loss_fn = GlobalTripletLoss(loss_fn)
+        loss_fn = GlobalTripletLoss(loss_fn, state.memory)
+    elif state.memory is not None:
+        loss_fn = MemoryTripletLoss(loss_fn, state.memory)
+    if state.classifier is not None:
+        head = GlobalClassifierLoss(state.classifier) if ctx.distributed else state.classifier
+        loss_fn = JointLoss(loss_fn, head, cfg.loss.classifier_weight)
     options = StepOptions(device, cfg.train.channels_last, cfg.train.grad_clip, autocast_dtype,
                           data.normalize)
     return PreparedRun(cfg, run, ctx, device, data, state, loss_fn, options, info, ckpt)
@@ -156,12 +165,15 @@ def _build_state(cfg: Config, data: TrainData, device: torch.device,
     model = build_model(cfg, initial=ckpt is None).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
+    classifier, memory = build_classifier(cfg, data.train_identities), build_memory(cfg)
+    classifier = classifier.to(device) if classifier is not None else None
+    memory = memory.to(device) if memory is not None else None
+    optimizer = build_optimizer(cfg, model, classifier)
     schedule = build_schedule(cfg, len(data.sampler), ckpt)
     state = TrainState(
         model, optimizer, build_scheduler(optimizer, schedule),
         torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None,
-        schedule=schedule,
+        schedule=schedule, classifier=classifier, memory=memory,
     )
     if ckpt is not None:
         state.load_state_dict(ckpt)

@@ -171,3 +171,53 @@ def test_onnx_export_without_the_extra(monkeypatch, capfd, tmp_path):
                             tmp_path / "m.onnx")
     _one_line(code, err, "pip install 'facetrip[onnx]'")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_old_checkpoint_option_still_works_with_a_deprecation(monkeypatch, capfd, run,
+                                                                  tmp_path):
+    ckpt = random_checkpoint(tmp_path / "c.pt", "data.image_size=32", dim=4)
+    warning = "warning: --checkpoint is deprecated, use --model"
+    code, out, err = run_main(monkeypatch, capfd, "export", "--checkpoint", ckpt, "--out",
+                              tmp_path / "m.safetensors")
+    assert code == 0 and warning in err.splitlines(), err
+    assert json.loads((tmp_path / "m.safetensors.json").read_text())["format"] == "safetensors"
+    code, out, err = run_main(monkeypatch, capfd, "embed", run.test, "--checkpoint", ckpt,
+                              "--out", tmp_path / "e.npy", "--workers", 0)
+    assert code == 0 and warning in err.splitlines(), err
+    assert np.load(tmp_path / "e.npy").shape == (60, 4)
+    code, _, err = run_main(monkeypatch, capfd, "embed", run.test, "--model", ckpt,
+                            "--checkpoint", ckpt, "--out", tmp_path / "e.npy")
+    _one_line(code, err, "--checkpoint is the old name of --model: give one of them")
+    code, _, err = run_main(monkeypatch, capfd, "export", "--out", tmp_path / "m.pt")
+    _one_line(code, err, "missing option --model")
+
+
+def test_identify_ranks_without_a_threshold(monkeypatch, capfd, run, tmp_path):
+    """A model without calibration ranks; the verdict needs a threshold."""
+    ckpt = random_checkpoint(tmp_path / "c.pt", "data.image_size=32", dim=8)
+    code, _, err = run_main(monkeypatch, capfd, "enroll", run.test, "--model", ckpt, "--out",
+                            tmp_path / "g.npz", "--workers", 0, "--device", "cpu")
+    assert code == 0, err
+    probe = run.test / "id_00002" / "01.png"
+    code, out, _ = run_main(monkeypatch, capfd, "identify", probe, "--gallery",
+                            tmp_path / "g.npz", "--top-k", 2, "--json", "--device", "cpu")
+    row = json.loads(out)
+    assert code == 0 and row["known"] is None and row["identity"] is None
+    assert row["threshold"] is None and row["threshold_source"] is None
+    assert row["matches"][0] == {"identity": "id_00002", "distance": pytest.approx(0, abs=1e-3),
+                                 "image": "id_00002/01.png"}  # an enrolled image is itself
+    assert len(row["matches"]) == 2 and row["matches"][1]["identity"] != "id_00002"
+    code, out, _ = run_main(monkeypatch, capfd, "identify", probe, "--gallery",
+                            tmp_path / "g.npz", "--top-k", 2)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith(f"{probe}: nearest id_00002 (distance 0.0")
+    assert lines[1].startswith("  1. id_00002  0.0") and lines[2].startswith("  2. ")
+    assert lines[3].startswith("no threshold: the ranking only")
+    code, out, _ = run_main(monkeypatch, capfd, "identify", probe, "--gallery",
+                            tmp_path / "g.npz", "--threshold", "0.5", "--json")
+    row = json.loads(out)
+    assert row["known"] is True and row["identity"] == "id_00002"
+    assert (row["threshold"], row["threshold_source"]) == (0.5, "--threshold")
+    code, _, err = run_main(monkeypatch, capfd, "identify", probe, "--gallery",
+                            tmp_path / "g.npz", "--far", "1e-2")
+    _one_line(code, err, "this model has no calibration")

@@ -204,3 +204,22 @@ def test_autocast_training_steps_on_cpu(dtype):
     assert resolve_precision("auto", torch.device("cpu")) is None
     with pytest.raises(UserError, match="fp16 needs CUDA"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_preprocessing_round_trips_through_config_and_sidecar_fields():
+    from facetrip.config import load_config
+    from facetrip.data.transforms import Preprocess, Preprocessing
+
+    cfg = load_config(None, ["data.image_size=48", "data.crop_box=[0.1, 0.2, 0.9, 0.8]",
+                             "data.grayscale=true", "data.mean=[0.4, 0.5, 0.6]",
+                             "data.std=[0.2, 0.25, 0.3]"])
+    p = Preprocessing.from_config(cfg.data)
+    assert p.crop == Preprocess(48, 1.0, (0.1, 0.2, 0.9, 0.8), True)
+    assert p.mean == (0.4, 0.5, 0.6) and p.std == (0.2, 0.25, 0.3)
+    fields = p.to_fields()
+    assert fields == {"input_size": 48, "colour_order": "RGB", "crop_fraction": 1.0,
+                      "crop_box": [0.1, 0.2, 0.9, 0.8], "grayscale": True,
+                      "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    assert Preprocessing.from_fields(fields) == p
+    image = torch.randint(0, 256, (3, 60, 50), dtype=torch.uint8)
+    torch.testing.assert_close(p.transform()(image), p.normalize()(p.crop(image)[None])[0])

@@ -3,11 +3,18 @@ metrics.json and refused when they belong to another model or setting."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
+import torch
 
-from facetrip.deploy.calibration import calibrate, choose_threshold, find_calibration
+from facetrip.deploy.calibration import (
+    calibrate,
+    choose_threshold,
+    find_calibration,
+    optional_threshold,
+)
 from facetrip.errors import UserError
 from facetrip.metrics.verification import operating_points, verification_metrics
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -51,6 +58,18 @@ def test_choose_threshold():
         choose_threshold(None)
     with pytest.raises(UserError, match="not both"):
         choose_threshold(calib, far=1e-2, threshold=0.5)
+
+
+def test_a_ranking_needs_no_threshold():
+    calib = {"pairs": 200, "dataset": "d", "date": "x", "best_accuracy": {"threshold": 0.9},
+             "far": {"0.01": {"threshold": 0.3}}}
+    assert optional_threshold(None) == (None, None)
+    assert optional_threshold({}) == (None, None)
+    assert optional_threshold(None, threshold=0.5) == (0.5, "--threshold")
+    assert optional_threshold(calib) == choose_threshold(calib)
+    assert optional_threshold(calib, far=1e-2) == (0.3, "FAR 0.01 on 200 pairs of d, x")
+    with pytest.raises(UserError, match="no calibration"):
+        optional_threshold(None, far=1e-2)
 
 
 def test_calibrate_recovers_eval_and_adds_far_thresholds(run):
@@ -97,3 +116,54 @@ def test_calibrate_refuses_other_models_and_settings(run, tmp_path):
         calibrate(tmp_path / "none.json", model, cfg, run.checkpoint)
     path, why = find_calibration(other)
     assert path is None and "no eval/metrics.json" in why
+
+
+def _pairs_file(path, root, people):
+    """An LFW View 1 style file over ``people``: every same pair of each, then as many
+    different pairs (consecutive people)."""
+    same, different = [], []
+    for person in people:
+        n = len(list((root / person).glob("*.png")))
+        same += [f"{person} {i} {j}" for i in range(1, n + 1) for j in range(i + 1, n + 1)]
+    for k in range(len(same)):
+        a, b = people[k % len(people)], people[(k + 1) % len(people)]
+        different.append(f"{a} {k % 6 + 1} {b} {(k // 6) % 6 + 1}")
+    path.write_text(f"{len(same)}\n" + "\n".join(same + different) + "\n")
+    return path
+
+
+def test_thresholds_chosen_on_other_pairs_travel_into_the_calibration(run, tmp_path):
+    from facetrip.data.index import scan_identity_folder
+    from facetrip.data.transforms import Preprocessing
+    from facetrip.evaluation.evaluate import EvalRequest, PairProtocol, evaluate
+    from facetrip.evaluation.sources import embed_index, pairs_from_file
+    from facetrip.metrics.pairs import pair_distances
+
+    root = tmp_path / "faces"  # the test people under LFW-style names, for the pairs files
+    people = sorted(p.name for p in run.test.iterdir() if p.is_dir())
+    for person in people:
+        for k, src in enumerate(sorted((run.test / person).glob("*.png")), 1):
+            (root / person).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, root / person / f"{person}_{k:04d}.png")
+    scored = _pairs_file(tmp_path / "scored.txt", root, people[:5])
+    other = _pairs_file(tmp_path / "other.txt", root, people[5:])
+    result = evaluate(EvalRequest(run.checkpoint, root, ks=(1,),
+                                  protocol=PairProtocol(scored, calibration_pairs=other)))
+    metrics_path = tmp_path / "eval" / "metrics.json"
+    metrics_path.parent.mkdir()
+    metrics_path.write_text(json.dumps(result.metrics))
+    model, cfg = model_from_checkpoint(load_checkpoint(run.checkpoint))
+    c = calibrate(metrics_path, model, cfg, run.checkpoint)
+    assert c["in_sample"] is False and c["chosen_on"] == str(other)
+    assert c["chosen_on_pairs"] == 150 and c["pairs"] == 150
+    assert math.isclose(c["best_accuracy"]["threshold"],
+                        result.metrics["verification"]["threshold"], abs_tol=1e-5)
+    index = scan_identity_folder(root)  # the thresholds of the other pairs, computed apart
+    emb = embed_index(model, index, Preprocessing.from_config(cfg.data).transform(),
+                      torch.device("cpu"))
+    pairs = pairs_from_file(other, index.paths)
+    points = operating_points(pair_distances(emb, pairs, "euclidean"), pairs.issame)
+    assert math.isclose(c["best_accuracy"]["threshold"],
+                        points["best_accuracy"]["threshold"], abs_tol=1e-5)
+    assert c["best_accuracy"]["accuracy"] == points["best_accuracy"]["accuracy"]
+    assert choose_threshold(c)[1].startswith(f"best accuracy on {other}, ")

@@ -8,9 +8,9 @@ from PIL import Image
 
 from facetrip.data.index import scan_identity_folder
 from facetrip.data.transforms import build_transform
-from facetrip.deploy.embed import embed_folder
+from facetrip.deploy.embed_folder import embed_folder
 from facetrip.deploy.embedder import load_embedder
-from facetrip.deploy.export import export_model
+from facetrip.deploy.export import ExportOptions, export_model
 from facetrip.evaluation.sources import embed_index
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.deploy.models import random_checkpoint
@@ -48,7 +48,7 @@ def test_embed_matches_eval_for_every_model_file(tmp_path, data, checkpoint, kin
     model = checkpoint
     if kind != "checkpoint":
         suffix = {"torchscript": ".pt", "safetensors": ".safetensors"}[kind]
-        model = export_model(checkpoint, tmp_path / f"m{suffix}", kind).path
+        model = export_model(checkpoint, tmp_path / f"m{suffix}", ExportOptions(kind)).path
     embedder = load_embedder(model)
     assert embedder.kind == kind
     result = embed_folder(embedder, data, tmp_path / "e.npz", batch_size=3)

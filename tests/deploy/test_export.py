@@ -11,12 +11,16 @@ import torch
 import facetrip
 from facetrip.data.transforms import Normalize, Preprocess
 from facetrip.deploy import export as export_mod
+from facetrip.deploy.embedder import load_embedder
 from facetrip.deploy.export import (
+    FORMATS,
     PARITY_LIMIT,
+    ExportOptions,
     export_model,
-    load_torchscript,
+    format_of,
     reference_embeddings,
 )
+from facetrip.deploy.torchscript import load_torchscript
 from facetrip.errors import UserError
 from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.deploy.models import random_checkpoint
@@ -48,7 +52,7 @@ def _reference(ckpt_path, raw):
 @pytest.mark.parametrize("variant", ["centre-crop", "box", "grey"])
 def test_torchscript_preprocess_and_embeddings_match_the_checkpoint(tmp_path, variant):
     ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS[variant], *NORM)
-    result = export_model(ckpt, tmp_path / "m.pt", "torchscript")
+    result = export_model(ckpt, tmp_path / "m.pt", ExportOptions("torchscript"))
     assert result.parity["max_abs_diff"] <= PARITY_LIMIT
     assert result.parity["source"].startswith("synthetic")  # the run's dataset is absent
     module = load_torchscript(result.path)
@@ -80,14 +84,15 @@ def test_onnx_uint8_graph_does_the_whole_preprocessing(tmp_path, variant, source
                    workers=1)
         ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS[variant], *NORM,
                                  root=tmp_path / "data")
-        result = export_model(ckpt, tmp_path / "m.onnx", "onnx")
+        result = export_model(ckpt, tmp_path / "m.onnx", ExportOptions("onnx"))
         assert result.parity["source"].startswith("images of the run's dataset")
         assert result.parity["images"] == 6
         size = (40, 40)
     else:
         ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS[variant], *NORM)
         size = (61, 80)
-        result = export_model(ckpt, tmp_path / "m.onnx", "onnx", onnx_source_size=size)
+        result = export_model(ckpt, tmp_path / "m.onnx",
+                              ExportOptions("onnx", onnx_source_size=size))
         assert result.parity["source"].startswith("synthetic")
     meta = json.loads(result.sidecar.read_text())
     assert meta["onnx"]["input_shape"] == ["batch", 3, *size] and meta["onnx"]["opset"] == 18
@@ -102,7 +107,7 @@ def test_onnx_uint8_graph_does_the_whole_preprocessing(tmp_path, variant, source
 
 def test_safetensors_round_trips_bit_exactly(tmp_path):
     ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS["box"], *NORM, dim=16)
-    result = export_model(ckpt, tmp_path / "m.safetensors", "safetensors")
+    result = export_model(ckpt, tmp_path / "m.safetensors", ExportOptions("safetensors"))
     assert result.parity["max_abs_diff"] == 0.0
     loaded = facetrip.load_model(result.path)
     original = load_checkpoint(ckpt)["model"]
@@ -117,7 +122,7 @@ def test_one_sidecar_schema_for_every_format(tmp_path):
     metas = {}
     for fmt, name in (("torchscript", "m.pt"), ("onnx", "m.onnx"),
                       ("safetensors", "m.safetensors")):
-        result = export_model(ckpt, tmp_path / name, fmt, onnx_input="float")
+        result = export_model(ckpt, tmp_path / name, ExportOptions(fmt, onnx_input="float"))
         metas[fmt] = json.loads(result.sidecar.read_text())
     for fmt, meta in metas.items():
         assert meta["format"] == fmt and meta["facetrip_version"] == facetrip.__version__
@@ -129,7 +134,7 @@ def test_one_sidecar_schema_for_every_format(tmp_path):
     assert len({m["fingerprint"] for m in metas.values()}) == 1
     assert len({m["file_sha256"] for m in metas.values()}) == 3
     other = random_checkpoint(tmp_path / "o.pt", *VARIANTS["box"], *NORM, seed=1)
-    sidecar = export_model(other, tmp_path / "o.safetensors", "safetensors").sidecar
+    sidecar = export_model(other, tmp_path / "o.safetensors", ExportOptions("safetensors")).sidecar
     assert json.loads(sidecar.read_text())["fingerprint"] != metas["onnx"]["fingerprint"]
     # the float-input ONNX graph: normalised (B, 3, S, S) in
     from facetrip.deploy.onnx_export import onnx_session
@@ -140,6 +145,21 @@ def test_one_sidecar_schema_for_every_format(tmp_path):
     x = Normalize(MEAN, STD)(torch.stack([pre(img) for img in raw])).numpy()
     got = onnx_session(str(tmp_path / "m.onnx")).run(None, {"input": x})[0]
     assert np.abs(got - expected.numpy()).max() <= 1e-4
+
+
+def test_the_format_comes_from_the_suffix():
+    assert {name: format_of(f"m{f.suffix}") for name, f in FORMATS.items()} == {
+        name: name for name in FORMATS}
+    assert format_of("model.bin") == format_of("model") == "torchscript"
+
+
+def test_a_checkpoint_describes_itself_as_its_exports_do(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS["grey"], *NORM)
+    sidecar = json.loads(export_model(ckpt, tmp_path / "m.safetensors").sidecar.read_text())
+    meta = load_embedder(ckpt).meta
+    assert meta["format"] == "checkpoint" and sidecar["format"] == "safetensors"
+    shared = set(meta) - {"format", "calibration"}
+    assert len(shared) == 14 and {k: meta[k] for k in shared} == {k: sidecar[k] for k in shared}
 
 
 def test_a_parity_failure_writes_nothing(tmp_path, monkeypatch):
@@ -163,4 +183,4 @@ def test_onnx_without_the_extra_names_it(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
     ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS["full"])
     with pytest.raises(UserError, match=r"onnx extra.*pip install 'facetrip\[onnx\]'"):
-        export_model(ckpt, tmp_path / "m.onnx", "onnx")
+        export_model(ckpt, tmp_path / "m.onnx", ExportOptions("onnx"))

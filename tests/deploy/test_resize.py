@@ -5,7 +5,20 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from facetrip.deploy.resize import resize_uint8, resize_weights
+from facetrip.deploy.resize import resize_weights
+
+
+def resize_uint8(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``uint8 (..., H, W)`` -> ``uint8 (..., size[0], size[1])``, pixel for pixel as
+    torchvision's antialiased bilinear ``resize`` (what the ONNX graph computes)."""
+    x = images.astype(np.int64)
+    if x.shape[-1] != size[1]:
+        m, p = resize_weights(x.shape[-1], size[1])
+        x = np.clip((x @ m.T + (1 << (p - 1))) >> p, 0, 255)
+    if x.shape[-2] != size[0]:
+        m, p = resize_weights(x.shape[-2], size[0])
+        x = np.clip((m @ x + (1 << (p - 1))) >> p, 0, 255)
+    return x.astype(np.uint8)
 
 
 @pytest.mark.parametrize("h, w, size", [

@@ -17,6 +17,8 @@ import torch.multiprocessing as mp
 
 from facetrip.data.sampler import PKSampler, SeededBatchSampler
 from facetrip.loss import TripletLoss
+from facetrip.loss.classifier import IdentityClassifier, JointLoss
+from facetrip.loss.memory import CrossBatchMemory, MemoryTripletLoss
 from facetrip.synth import synthesize
 from facetrip.training.checkpoint import load_checkpoint
 from tests.conftest import TINY_RUN, as_sets, run_cli
@@ -56,8 +58,27 @@ def _global_batch(seed: int = 0):
     return x, labels, model
 
 
+def _head() -> IdentityClassifier:
+    torch.manual_seed(7)  # the same head on every rank and in the single process
+    return IdentityClassifier(5, 4, "arcface", scale=8.0).double()
+
+
+def _memory_steps(make_loss, wrap, rows) -> list[tuple]:
+    """Two steps with a cross-batch memory of 24 (the second mines against the first's
+    global batch): ``[(loss, weight grad, memory size)]`` per step."""
+    memory = CrossBatchMemory(24, 5)
+    out = []
+    for seed in (0, 1):
+        x, labels, model = _global_batch(seed)
+        wrapped = wrap(model)  # held until after backward: DDP reduces in its hooks
+        loss, stats = make_loss(memory)(wrapped(x[rows]), labels[rows])
+        loss.backward()
+        out.append((float(loss.detach()), model.weight.grad.clone(), stats["memory_size"]))
+    return out
+
+
 def _one_step(rank: int, world: int, init_file: str, out: str) -> None:
-    from facetrip.training.distributed import GlobalTripletLoss
+    from facetrip.training.distributed import GlobalClassifierLoss, GlobalTripletLoss
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
@@ -72,6 +93,18 @@ def _one_step(rank: int, world: int, init_file: str, out: str) -> None:
         loss.backward()
         results[f"{mining}-{margin}"] = (float(loss), model.weight.grad.clone(),
                                          model.bias.grad.clone(), stats["n_triplets"])
+    x, labels, model = _global_batch()
+    head = _head()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    loss_fn = JointLoss(GlobalTripletLoss(TripletLoss(mining="batch_all")),
+                        GlobalClassifierLoss(head), 0.5)
+    loss, stats = loss_fn(ddp(x[rows]), labels[rows])
+    loss.backward()
+    results["classifier"] = (float(loss), model.weight.grad.clone(), model.bias.grad.clone(),
+                             head.weight.grad.clone(), stats["cls_loss"])
+    results["memory"] = _memory_steps(
+        lambda memory: GlobalTripletLoss(TripletLoss(mining="batch_all"), memory),
+        lambda model: torch.nn.parallel.DistributedDataParallel(model), rows)
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()
@@ -91,6 +124,28 @@ def test_one_step_of_global_mining_equals_one_process_on_the_global_batch(tmp_pa
         assert torch.allclose(w_grad, model.weight.grad, atol=1e-5), mining
         assert torch.allclose(b_grad, model.bias.grad, atol=1e-5), mining
         assert model.weight.grad.abs().max() > 1e-6  # a gradient that could differ
+    # the identity-classification head beside global mining: the same step as one process
+    x, labels, model = _global_batch()
+    head = _head()
+    loss, stats = JointLoss(TripletLoss(mining="batch_all"), head, 0.5)(model(x), labels)
+    loss.backward()
+    got_loss, w_grad, b_grad, head_grad, cls_loss = results["classifier"]
+    assert got_loss == pytest.approx(float(loss.detach()), abs=1e-9)
+    assert cls_loss == pytest.approx(stats["cls_loss"], abs=1e-9)
+    assert torch.allclose(w_grad, model.weight.grad, atol=1e-9)
+    assert torch.allclose(b_grad, model.bias.grad, atol=1e-9)
+    assert torch.allclose(head_grad, head.weight.grad, atol=1e-9)
+    assert head.weight.grad.abs().max() > 1e-6
+    # the cross-batch memory holds the global batches: its second step mines against the
+    # first step's global batch on every rank, as one process does
+    single = _memory_steps(lambda memory: MemoryTripletLoss(TripletLoss(mining="batch_all"),
+                                                            memory),
+                           lambda model: model, slice(None))
+    for (got, got_grad, got_used), (want, want_grad, want_used) in zip(
+            results["memory"], single, strict=True):
+        assert got == pytest.approx(want, abs=1e-5) and got_used == want_used
+        assert torch.allclose(got_grad, want_grad, atol=1e-5)
+    assert [used for *_, used in single] == [0.0, 16.0]
 
 
 @pytest.mark.slow

@@ -192,3 +192,24 @@ def test_a_full_disk_keeps_the_previous_checkpoint(faces, tmp_path, monkeypatch)
         train(cfg, tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
     assert os.listdir(tmp_path / "run" / "checkpoints") == ["step-000000002.pt"]
+
+
+def test_resume_is_exact_with_the_classifier_head_and_the_memory_on(faces, tmp_path):
+    sets = RUN + [f"data.root={faces}", "loss.classifier=arcface", "loss.classifier_weight=0.5",
+                  "loss.memory=12", "loss.memory_start=2"]
+    run_cli("train", *as_sets(sets), "--out", tmp_path / "ref")
+    _train_and_kill(tmp_path / "run", 3, "after-step", sets)
+    resumed = run_cli("train", *as_sets(sets), "--out", tmp_path / "run", "--resume")
+    assert "resuming" in resumed.stdout
+    _same_weights(tmp_path / "run", tmp_path / "ref")
+    steps = _steps(tmp_path / "run")
+    assert steps == _steps(tmp_path / "ref")
+    rows = [r for r in steps if r["type"] == "step"]
+    assert all("cls_loss" in r for r in rows)
+    assert [r["memory_size"] for r in rows[:3]] == [0.0, 0.0, 8.0]  # 4 images a step, start 2
+    a, b = (load_checkpoint(p / "last.pt") for p in (tmp_path / "run", tmp_path / "ref"))
+    for part in ("classifier", "memory"):
+        for key, value in b[part].items():
+            assert torch.equal(a[part][key], value), (part, key)
+    best = load_checkpoint(tmp_path / "ref" / "best.pt")
+    assert "classifier" not in best and "memory" not in best  # training only

@@ -86,6 +86,50 @@ def iter_folder_embeddings(
 
 
 @dataclass
+class Rows:
+    """Embeddings streamed to a scratch file (``float32``, row after row): the indices of the
+    paths they embed, in order, the files skipped, and the dimension."""
+
+    file: Path
+    kept: list[int]
+    skipped: list[SkippedFile]
+    dim: int
+
+    def array(self) -> np.memmap:
+        """The ``(len(kept), dim)`` rows, memory-mapped (read-only)."""
+        return np.memmap(self.file, dtype=np.float32, mode="r", shape=(len(self.kept), self.dim))
+
+
+def stream_rows(
+    embedder: Any, root: Path, paths: list[str], file: Path, batch_size: int = 256,
+    workers: int = 0, progress: Callable[[int], None] | None = None,
+) -> Rows:
+    """Embed ``root/paths[i]`` with ``embedder`` into the scratch ``file`` (memory does not
+    grow with the number of images); ``progress(n)`` after each batch of ``n`` files."""
+    kept: list[int] = []
+    skipped: list[SkippedFile] = []
+    dim = 0
+    with open(file, "wb") as rows:
+        for emb, idx, failed in iter_folder_embeddings(embedder, root, paths, batch_size,
+                                                       workers):
+            skipped += [SkippedFile(paths[i], reason) for i, reason in failed]
+            if idx:
+                rows.write(np.ascontiguousarray(emb, dtype=np.float32).tobytes())
+                kept += idx
+                dim = emb.shape[1]
+            if progress is not None:
+                progress(len(idx) + len(failed))
+    return Rows(file, kept, skipped, dim)
+
+
+def first_skipped(skipped: list[SkippedFile]) -> str:
+    """`` (e.g. PATH: REASON)`` of the first skipped file, or nothing."""
+    if not skipped:
+        return ""
+    return f" (e.g. {display_path(skipped[0].path)}: {skipped[0].reason})"
+
+
+@dataclass
 class EmbedResult:
     """What ``embed_folder`` wrote."""
 
@@ -105,16 +149,42 @@ def paths_file_path(out: Path) -> Path:
     return out.with_name(out.name + ".paths.txt")
 
 
-def _write_npy(f, scratch: Path, n: int, dim: int) -> None:
-    np.lib.format.write_array_header_1_0(
-        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-            "shape": (n, dim)})
-    with open(scratch, "rb") as src:
-        shutil.copyfileobj(src, f, 1 << 22)
+def _write_npy(out: Path, rows: Rows, kept: list[str]) -> Path:
+    """``out``: the rows as one ``(N, D)`` float32 array; returns ``OUT.paths.txt``."""
+
+    def write(f) -> None:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False, "shape": (len(kept), rows.dim)})
+        with open(rows.file, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 22)
+
+    atomic_write(out, write)
+    return atomic_write(paths_file_path(out), "".join(f"{display_path(p)}\n" for p in kept))
 
 
-def _lines(items: list[str]) -> bytes:
-    return "".join(f"{display_path(p)}\n" for p in items).encode()
+def _write_npz(out: Path, rows: Rows, kept: list[str]) -> None:
+    """``out``: ``embeddings``, ``paths`` and, when every path has a first folder, ``labels``
+    into ``classes`` (those folders)."""
+    store = rows.array()
+    arrays = {"embeddings": store, "paths": np.asarray(kept)}
+    tops = [p.split(os.sep)[0] if os.sep in p else "" for p in kept]
+    if all(tops):
+        classes, labels = np.unique(np.asarray(tops), return_inverse=True)
+        arrays.update(labels=labels.astype(np.int64), classes=classes)
+    atomic_write(out, lambda f, a=arrays: np.savez(f, **a))
+    del store, arrays  # the memory map, before its scratch directory goes
+
+
+def _list_skipped(out: Path, skipped: list[SkippedFile]) -> Path | None:
+    """``OUT.skipped.txt``: one ``reason<TAB>path`` line per skipped file; a stale list of an
+    earlier run is removed (it would mislead)."""
+    listing = skipped_list_path(out)
+    if not skipped:
+        listing.unlink(missing_ok=True)
+        return None
+    return atomic_write(listing,
+                        "".join(f"{s.reason}\t{display_path(s.path)}\n" for s in skipped))
 
 
 def embed_folder(
@@ -151,42 +221,17 @@ def embed_folder(
         raise UserError(f"--format must be npz or npy, got {fmt!r}")
     paths = list_images(root) if paths is None else paths
     out.parent.mkdir(parents=True, exist_ok=True)
-    skipped: list[SkippedFile] = []
-    kept: list[str] = []
-    dim = 0
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        scratch = Path(tmp) / "rows.f32"
-        with open(scratch, "wb") as rows:
-            for emb, idx, failed in iter_folder_embeddings(embedder, root, paths, batch_size,
-                                                           workers):
-                skipped += [SkippedFile(paths[i], reason) for i, reason in failed]
-                if idx:
-                    rows.write(np.ascontiguousarray(emb, dtype=np.float32).tobytes())
-                    kept += [paths[i] for i in idx]
-                    dim = emb.shape[1]
-                if progress is not None:
-                    progress(len(idx) + len(failed))
-        if not kept:
+        rows = stream_rows(embedder, root, paths, Path(tmp) / "rows.f32", batch_size, workers,
+                           progress)
+        if not rows.kept:
             raise UserError(f"none of the {len(paths)} images under {root} could be used"
-                            + (f" (e.g. {display_path(skipped[0].path)}: {skipped[0].reason})"
-                               if skipped else ""))
-        result = EmbedResult(out, len(kept), dim, skipped)
+                            + first_skipped(rows.skipped))
+        kept = [paths[i] for i in rows.kept]
+        result = EmbedResult(out, len(kept), rows.dim, rows.skipped)
         if fmt == "npy":
-            atomic_write(out, lambda f: _write_npy(f, scratch, len(kept), dim))
-            result.paths_file = atomic_write(paths_file_path(out), _lines(kept))
+            result.paths_file = _write_npy(out, rows, kept)
         else:
-            store = np.memmap(scratch, dtype=np.float32, mode="r", shape=(len(kept), dim))
-            arrays = {"embeddings": store, "paths": np.asarray(kept)}
-            tops = [p.split(os.sep)[0] if os.sep in p else "" for p in kept]
-            if all(tops):
-                classes, labels = np.unique(np.asarray(tops), return_inverse=True)
-                arrays.update(labels=labels.astype(np.int64), classes=classes)
-            atomic_write(out, lambda f, a=arrays: np.savez(f, **a))
-            del store, arrays
-    listing = skipped_list_path(out)
-    if skipped:
-        result.skipped_list = atomic_write(
-            listing, "".join(f"{s.reason}\t{display_path(s.path)}\n" for s in skipped))
-    else:
-        listing.unlink(missing_ok=True)  # a stale list of an earlier run would mislead
+            _write_npz(out, rows, kept)
+    result.skipped_list = _list_skipped(out, rows.skipped)
     return result
