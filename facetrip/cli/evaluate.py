@@ -14,6 +14,7 @@ from facetrip.cli.app import (
     BATCH_SIZE_HELP,
     DEVICE_HELP,
     WORKERS_HELP,
+    Align,
     app,
     check_batch_size,
     default_workers,
@@ -83,10 +84,7 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 256,
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    align: Annotated[bool | None, typer.Option(
-        "--align/--no-align", help="Detect and align each face (default: when the model was "
-        "trained on aligned crops; --no-align for crops already aligned).",
-        show_default=False)] = None,
+    align: Align = None,
     checkpoint: Hidden = None,
     data_option: Annotated[Path | None, typer.Option("--data", hidden=True)] = None,
     metric: Annotated[str | None, typer.Option(hidden=True)] = None,

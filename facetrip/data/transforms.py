@@ -114,6 +114,17 @@ class Preprocess:
                    bool(d["grayscale"]), align_from_dict(d.get("align")))
 
 
+def choose_align(recorded: AlignSpec | None, align: bool | None) -> AlignSpec | None:
+    """The alignment to apply: as the model ``recorded`` it (``align`` None), none
+    (``False``: inputs already aligned), or forced (``True``: the recorded one, else the
+    default 112-pixel one); a forced one checks the detector is installed."""
+    if align is None:
+        return recorded
+    if not align:
+        return None
+    return recorded or align_from_dict(AlignSpec().to_dict())
+
+
 def align_from_dict(d: dict | None) -> AlignSpec | None:
     """A recorded alignment (``None`` stays ``None``), its detector checked installed, so a
     missing ``align`` extra is one line before any image is read."""
@@ -152,10 +163,9 @@ class Preprocessing:
     def aligned(self, align: bool | None) -> Preprocessing:
         """As recorded (``None``), forced to align (``True``: the recorded alignment, else the
         default one at 112 px), or on crops already aligned (``False``: no detection)."""
-        if align is None or (align and self.crop.align is not None):
-            return self
-        spec = align_from_dict(AlignSpec().to_dict()) if align else None
-        return replace(self, crop=self.crop.with_align(spec))
+        spec = choose_align(self.crop.align, align)
+        return self if spec == self.crop.align else replace(self,
+                                                            crop=self.crop.with_align(spec))
 
     def normalize(self) -> Normalize:
         """``uint8 (B, 3, S, S)`` -> the model's normalised float input."""

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from facetrip.alignment.crop import AlignSpec
 from facetrip.data.decode import ImageError, decode_rgb
-from facetrip.data.transforms import Normalize, preprocess_from_config
+from facetrip.data.transforms import (
+    Normalize,
+    Preprocess,
+    Preprocessing,
+    choose_align,
+    preprocess_from_config,
+)
 from facetrip.deploy.calibration import checkpoint_calibration
 from facetrip.deploy.sidecar import describe_model, preprocess_from_sidecar, read_sidecar
 from facetrip.errors import UserError
@@ -29,13 +36,21 @@ from facetrip.errors import UserError
 class SourceSizeLoader:
     """Decodes an image for an ONNX model with ``uint8`` input: the whole preprocessing is in
     the graph, which takes one size only. ``load(path) -> uint8 (3, H, W)``; an image of
-    another size is refused (an :class:`ImageError`, so ``embed`` skips and lists it)."""
+    another size is refused (an :class:`ImageError`, so ``embed`` skips and lists it). With
+    ``align``, the aligned crop is resized to that size instead (the graph's crop and resize
+    then work on it as training's did on the aligned crop)."""
 
     height: int
     width: int
+    align: AlignSpec | None = None
 
     def load(self, path: str | Path) -> torch.Tensor:
         image = decode_rgb(path)
+        if self.align is not None:
+            from torchvision.transforms.v2 import functional as F
+
+            crop = Preprocess(self.align.size, align=self.align)(image)
+            return F.resize(crop, [self.height, self.width], antialias=True)
         if tuple(image.shape[-2:]) != (self.height, self.width):
             raise ImageError("wrong size", f"{image.shape[-1]}x{image.shape[-2]}; this ONNX "
                              f"model takes {self.width}x{self.height} (export it with --input "
@@ -81,6 +96,18 @@ class Embedder:
     @property
     def embedding_dim(self) -> int:
         return int(self.meta["embedding_dim"])
+
+    @property
+    def align(self) -> AlignSpec | None:
+        """The alignment its :attr:`loader` applies (``None``: inputs taken as crops)."""
+        return self.loader.align
+
+    def aligned(self, align: bool | None) -> Embedder:
+        """This model with inputs aligned as recorded (``None``), not at all (``False``,
+        ``--no-align``: already aligned crops) or always (``True``, ``--align``)."""
+        spec = choose_align(self.align, align)
+        return self if spec == self.align else replace(self,
+                                                       loader=replace(self.loader, align=spec))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8 (B, 3, h, w)`` from :attr:`loader` -> ``float32 (B, D)`` unit-norm
@@ -140,9 +167,11 @@ def _network(model: torch.nn.Module, mean, std, device: torch.device,
     return forward
 
 
-def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embedder:
+def load_embedder(path: str | Path, device: str | torch.device = "cpu",
+                  align: bool | None = None) -> Embedder:
     """Load any model file facetrip makes (by suffix: ``.onnx``, ``.safetensors``; otherwise
-    a TorchScript export or a training checkpoint, told apart by content).
+    a TorchScript export or a training checkpoint, told apart by content). A model trained
+    on aligned crops detects and aligns each input (``align``: see :meth:`Embedder.aligned`).
 
     Exported files are checked against their sidecar (format and sha256), so a sidecar of
     another file is refused.
@@ -151,9 +180,13 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embed
         UserError: the file is missing or unreadable, or its sidecar is missing or does not
             match it.
     """
-    path, device = Path(path), torch.device(device)
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"model not found: {path}")
+    return _load_embedder(path, torch.device(device)).aligned(align)
+
+
+def _load_embedder(path: Path, device: torch.device) -> Embedder:
     if path.suffix == ".onnx":
         return _onnx_embedder(path, read_sidecar(path, "onnx"))
     if path.suffix == ".safetensors":
@@ -184,7 +217,8 @@ def _onnx_embedder(path: Path, meta: dict) -> Embedder:
     info = meta["onnx"]
     name = info["input_name"]
     if info["input_dtype"] == "uint8":
-        loader: Any = SourceSizeLoader(*info["input_shape"][2:])
+        align = Preprocessing.from_fields(meta).crop.align
+        loader: Any = SourceSizeLoader(*info["input_shape"][2:], align=align)
 
         def forward(images: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run(None, {name: images.cpu().numpy()})[0])
