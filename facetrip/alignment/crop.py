@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +41,20 @@ class AlignSpec:
                              f"(this facetrip knows {TEMPLATE_NAME!r})")
         return cls(str(d["method"]), int(d["size"]), str(d.get("face", "largest")),
                    float(d.get("min_face", 0.1)))
+
+
+#: the settings file ``facetrip align`` writes into its output folder
+SETTINGS_NAME = "align.json"
+
+
+def folder_alignment(folder: str | Path) -> AlignSpec | None:
+    """How the crops in ``folder`` were aligned, when it is a ``facetrip align`` output (its
+    ``align.json``); else ``None``. A model trained on such a folder records this alignment,
+    and a folder of such crops is not aligned again."""
+    try:
+        return AlignSpec.from_dict(json.loads((Path(folder) / SETTINGS_NAME).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def embed(
 
     model = model_option(model, checkpoint)
     batch_size, workers = check_batch_size(batch_size), default_workers(workers)
-    embedder = load_embedder(model, _device(device), align)
+    embedder = load_embedder(model, _device(device)).for_images(data, align)
     paths = list_images(data)
     with tqdm(total=len(paths), desc="embed", unit="img", delay=0.5) as bar:
         result = embed_folder(embedder, data, out, batch_size, workers, progress=bar.update,

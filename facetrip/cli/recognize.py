@@ -81,7 +81,7 @@ def enroll(
     from facetrip.deploy.gallery import enroll as enroll_gallery
 
     batch_size, workers = check_batch_size(batch_size), default_workers(workers)
-    embedder = load_embedder(model, _device(device), align)
+    embedder = load_embedder(model, _device(device)).for_images(data, align)
     total = len(scan_identity_folder(data, validate=False))
     with tqdm(total=total, desc="enroll", unit="img", delay=0.5) as bar:
         result = enroll_gallery(embedder, data, out, batch_size, workers, progress=bar.update)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facetrip.alignment.crop import Aligned, AlignSpec, align_tensors
+from facetrip.alignment.crop import SETTINGS_NAME, Aligned, AlignSpec, align_tensors
 from facetrip.alignment.detect import Detector
 from facetrip.data.decode import ImageError, decode_rgb, display_path
 from facetrip.data.index import list_dataset
@@ -33,7 +33,6 @@ from facetrip.io import atomic_write
 
 ROWS_NAME = "align.jsonl"
 SKIPPED_NAME = "skipped.txt"
-SETTINGS_NAME = "align.json"
 
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as F
 
-from facetrip.alignment.crop import AlignSpec, align_tensors
+from facetrip.alignment.crop import AlignSpec, align_tensors, folder_alignment
 from facetrip.alignment.detect import shared_detector
 from facetrip.config import DataConfig
 from facetrip.data.crop import crop_region
@@ -157,8 +157,25 @@ class Preprocessing:
 
     @classmethod
     def from_config(cls, data: DataConfig) -> Preprocessing:
-        return cls(preprocess_from_config(data), tuple(float(v) for v in data.mean),
-                   tuple(float(v) for v in data.std))
+        """What a model trained with ``data`` expects of an input photo: its crop, and the
+        alignment of ``data.align`` or of the ``facetrip align`` folder it was trained on."""
+        crop = preprocess_from_config(data)
+        if crop.align is None and data.root:
+            crop = crop.with_align(folder_alignment(data.root))
+        return cls(crop, tuple(float(v) for v in data.mean), tuple(float(v) for v in data.std))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, data: DataConfig) -> Preprocessing:
+        """What checkpoint ``ckpt`` records (``preprocessing``), else what its config says."""
+        recorded = ckpt.get("preprocessing")
+        return cls.from_fields(recorded) if recorded else cls.from_config(data)
+
+    def for_images(self, root: str | Path | None) -> Preprocessing:
+        """For the images under ``root``: not aligned again when ``root`` is a
+        ``facetrip align`` output (its crops are aligned already)."""
+        if root is not None and folder_alignment(root) is not None:
+            return self.aligned(False)
+        return self
 
     def aligned(self, align: bool | None) -> Preprocessing:
         """As recorded (``None``), forced to align (``True``: the recorded alignment, else the

@@ -18,14 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from facetrip.alignment.crop import AlignSpec
+from facetrip.alignment.crop import AlignSpec, folder_alignment
 from facetrip.data.decode import ImageError, decode_rgb
 from facetrip.data.transforms import (
     Normalize,
     Preprocess,
     Preprocessing,
     choose_align,
-    preprocess_from_config,
 )
 from facetrip.deploy.calibration import checkpoint_calibration
 from facetrip.deploy.sidecar import describe_model, preprocess_from_sidecar, read_sidecar
@@ -109,6 +108,14 @@ class Embedder:
         return self if spec == self.align else replace(self,
                                                        loader=replace(self.loader, align=spec))
 
+    def for_images(self, root: str | Path, align: bool | None = None) -> Embedder:
+        """For the images under ``root``: ``align`` as given (``--align``/``--no-align``);
+        by default as the model records, except that the crops of a ``facetrip align`` output
+        folder are not aligned again."""
+        if align is None and folder_alignment(root) is not None:
+            align = False
+        return self.aligned(align)
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8 (B, 3, h, w)`` from :attr:`loader` -> ``float32 (B, D)`` unit-norm
         embeddings on the CPU (no autograd)."""
@@ -143,8 +150,9 @@ def _is_torchscript(path: Path) -> bool:
 def _checkpoint_embedder(path: Path, device: torch.device) -> Embedder:
     from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 
-    model, cfg = model_from_checkpoint(load_checkpoint(path), device)
-    pre, mean, std = preprocess_from_config(cfg.data), cfg.data.mean, cfg.data.std
+    ckpt = load_checkpoint(path)
+    model, cfg = model_from_checkpoint(ckpt, device)
+    pre, mean, std = Preprocessing.from_checkpoint(ckpt, cfg.data).crop, cfg.data.mean, cfg.data.std
     calibration = checkpoint_calibration(path)
     distance = calibration["distance"] if calibration else cfg.eval.metric
     meta = {**describe_model("checkpoint", model, pre, mean, std, distance),

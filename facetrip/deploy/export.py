@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from facetrip.config import Config
-from facetrip.data.transforms import Normalize, Preprocess, preprocess_from_config
+from facetrip.data.transforms import Normalize, Preprocess, Preprocessing
 from facetrip.deploy.calibration import calibrate, find_calibration
 from facetrip.deploy.parity import by_size, parity_images, reference_embeddings, source_size
 from facetrip.deploy.sidecar import describe_model, sidecar_path
@@ -77,9 +77,11 @@ class ExportSource:
     def load(cls, checkpoint: str | Path) -> ExportSource:
         from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 
-        model, cfg = model_from_checkpoint(load_checkpoint(checkpoint))
-        return cls(Path(checkpoint), model.cpu().eval(), cfg, preprocess_from_config(cfg.data),
-                   cfg.data.mean, cfg.data.std)
+        ckpt = load_checkpoint(checkpoint)
+        model, cfg = model_from_checkpoint(ckpt)
+        return cls(Path(checkpoint), model.cpu().eval(), cfg,
+                   Preprocessing.from_checkpoint(ckpt, cfg.data).crop, cfg.data.mean,
+                   cfg.data.std)
 
     @property
     def graph_pre(self) -> Preprocess:

@@ -208,7 +208,8 @@ def _resolve_pairs(protocol: PairProtocol, index: ImageFolderIndex, cfg: Config,
     return _Pairs(scored, calibration, source, also)
 
 
-def _open_images(request: EvalRequest, cfg: Config) -> tuple[ImageSource, ImageFolderIndex]:
+def _open_images(request: EvalRequest, cfg: Config, recorded: Preprocessing
+                 ) -> tuple[ImageSource, ImageFolderIndex]:
     """The images to embed (decoded, or from the decoded cache) and their index."""
     data = Path(request.data)
     d = cfg.data
@@ -216,7 +217,8 @@ def _open_images(request: EvalRequest, cfg: Config) -> tuple[ImageSource, ImageF
         raise UserError(f"calibrating on the run's held-out identities needs the run's data: "
                         f"evaluate its data.root ({d.root or 'not recorded'}, relative to where "
                         f"it was trained), not {data}")
-    preprocessing = Preprocessing.from_config(d).aligned(request.align)
+    preprocessing = (recorded.for_images(data) if request.align is None
+                     else recorded.aligned(request.align))
     images = ImageSource(preprocessing.transform(), loading=request.loading)
     if request.cache is None:
         return images, scan_identity_folder(data)
@@ -236,7 +238,7 @@ def _evaluate_images(request: EvalRequest, progress: Callable[[int], None] | Non
     device = torch.device(request.device)
     ckpt = load_checkpoint(request.model)
     model, cfg = model_from_checkpoint(ckpt, device)
-    images, index = _open_images(request, cfg)
+    images, index = _open_images(request, cfg, Preprocessing.from_checkpoint(ckpt, cfg.data))
     pairs = _resolve_pairs(request.protocol, index, cfg, ckpt.get("val"))
     need_training_images = "eigenfaces" in request.baselines and request.baseline_fit is None
     trained_on, seen = _run_identities(

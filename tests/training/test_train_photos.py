@@ -38,3 +38,21 @@ def test_eval_aligns_as_the_checkpoint_records_unless_told(lfw_photos, tmp_path,
     plain = evaluate(EvalRequest(**{**request.__dict__, "align": False}))
     np.testing.assert_array_equal(aligned.distances, again.distances)
     assert not np.allclose(aligned.distances, plain.distances)
+
+
+def test_a_run_on_a_facetrip_align_folder_records_its_alignment(lfw_photos, tmp_path,
+                                                                tiny_config):
+    from facetrip.alignment.crop import AlignSpec
+    from facetrip.data.align import align_folder
+    from facetrip.deploy.embedder import load_embedder
+
+    crops = tmp_path / "crops"
+    align_folder(lfw_photos, crops, AlignSpec(size=96))
+    train(tiny_config(crops, "data.workers=0", "sampler.batches_per_epoch=1"), tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["preprocessing"]["align"]["size"] == 96  # from crops/align.json
+    embedder = load_embedder(tmp_path / "run" / "best.pt")
+    assert embedder.align == AlignSpec(size=96)  # photos are aligned as the crops were
+    assert embedder.for_images(crops).align is None  # the crops are not aligned again
+    assert embedder.for_images(crops, align=True).align == AlignSpec(size=96)
+    assert embedder.for_images(lfw_photos).align == AlignSpec(size=96)
