@@ -45,6 +45,14 @@ class Face:
     def area(self) -> float:
         return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
 
+    def visible_size(self, height: int, width: int) -> float:
+        """How large the face is in the photo: the area of its box inside the image, times
+        the share of the box inside (a face cut in half by the edge counts a quarter), so a
+        bystander cut off by the frame does not beat the subject."""
+        box = np.clip(self.box, 0, [width, height, width, height])
+        inside = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+        return float(inside * inside / self.area) if self.area > 0 else 0.0
+
     def centre_distance(self, height: int, width: int) -> float:
         """Distance from the box centre to the image centre, in pixels."""
         cx, cy = (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
@@ -53,16 +61,17 @@ class Face:
 
 def choose_face(faces: Sequence[Face], height: int, width: int, rule: str = "largest"
                 ) -> Face | None:
-    """The face to align: ``largest`` box (ties, within 1% of the area, to the one nearer the
-    image centre) or the one nearest the ``center``; ``None`` when there is none."""
+    """The face to align: the ``largest`` (by :meth:`Face.visible_size`; ties, within 1%, to
+    the one nearer the image centre) or the one nearest the ``center``; ``None`` when there is
+    none."""
     if rule not in FACE_CHOICES:
         raise ValueError(f"face rule must be one of {FACE_CHOICES}, got {rule!r}")
     if not faces:
         return None
     if rule == "center":
         return min(faces, key=lambda f: f.centre_distance(height, width))
-    largest = max(f.area for f in faces)
-    tied = [f for f in faces if f.area >= 0.99 * largest]
+    sizes = [f.visible_size(height, width) for f in faces]
+    tied = [f for f, size in zip(faces, sizes) if size >= 0.99 * max(sizes)]
     return min(tied, key=lambda f: f.centre_distance(height, width))
 
 

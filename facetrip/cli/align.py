@@ -22,8 +22,8 @@ def align(
     size: Annotated[int, typer.Option(
         help="Side of the aligned crops (the 112-pixel template is scaled to it).")] = 112,
     face: Annotated[str, typer.Option(
-        help="Which face when a photo has several: largest (ties: the most central) | center."
-    )] = "largest",
+        help="Which face when a photo has several: largest (its part inside the photo; ties: "
+             "the most central) | center.")] = "largest",
     min_face: Annotated[float, typer.Option(
         help="Smallest face looked for, as a share of the photo's shorter side (lower finds "
              "smaller faces, slower).")] = 0.1,

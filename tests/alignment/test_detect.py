@@ -28,6 +28,16 @@ def test_largest_wins_and_ties_go_to_the_centre():
     assert choose_face([corner, nearly], 300, 400) is nearly
 
 
+def test_a_face_cut_by_the_edge_counts_what_is_inside():
+    subject = face(150, 100, 100)  # 100 x 100, all inside the 400 x 300 photo
+    bystander = face(-70, 100, 140)  # 140 x 140 box, half of it outside: counts 70 x 140 / 2
+    assert bystander.area > subject.area
+    assert bystander.visible_size(300, 400) == pytest.approx(70 * 140 / 2)
+    assert choose_face([bystander, subject], 300, 400) is subject
+    inside = face(0, 0, 140)  # the same box inside the photo wins
+    assert choose_face([inside, subject], 300, 400) is inside
+
+
 def test_center_rule_and_no_face():
     central, big = face(180, 130, 40), face(0, 0, 150)
     assert choose_face([big, central], 300, 400, "center") is central
