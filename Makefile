@@ -78,8 +78,9 @@ bench-embed: install
 
 # facetrip align (end to end, a fresh process) vs MTCNN alone on the same decoded images, both
 # in one process per core; plus the re-detected landmarks' distance to the template
-# (3,000 LFW images from ../shared/data/lfw; ~2 min on 2 CPUs; LIMIT=0 for all 13,233)
-LIMIT ?= 3000
+# (all 13,233 LFW images from ../shared/data/lfw, ~8 min on 2 CPUs; LIMIT=3000: ~2 min, where
+# start-up weighs more)
+LIMIT ?= 0
 bench-align: install
 	$(BIN)/python scripts/bench_align.py --data $(LFW) --limit $(LIMIT) --out bench_results/align.json
 

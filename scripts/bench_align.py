@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/bench_align.py [--data ../shared/data/lfw] [--limit 3000] [--workers N]
+    python scripts/bench_align.py [--data ../shared/data/lfw] [--limit 0] [--workers N]
                                   [--out bench_results/align.json]
 
 Takes ``--limit`` LFW images spread over the whole set (every k-th file; 0: all 13,233) and
@@ -127,7 +127,7 @@ def redetect_error(out: Path, sample: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=LFW)
-    parser.add_argument("--limit", type=int, default=3000)
+    parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--sample", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("bench_results/align.json"))

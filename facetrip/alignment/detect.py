@@ -86,6 +86,12 @@ def _facenet() -> Any:
     return mtcnn, detect_face
 
 
+def check_installed() -> None:
+    """UserError (one line naming the ``align`` extra) when the detector cannot be imported;
+    cheaper than loading it, for a command's first step."""
+    _facenet()
+
+
 class _ChannelsLast(torch.nn.Module):
     """Runs a network on channels-last input: MTCNN's max-pools and convolutions are about
     twice as fast that way on CPU, with the same results up to float rounding."""

@@ -38,7 +38,7 @@ def align(
     in OUT/skipped.txt and counted, not fatal. A re-run aligns only what is new. Needs the
     align extra: pip install 'facetrip[align]'."""
     from facetrip.alignment.crop import AlignSpec
-    from facetrip.alignment.detect import FACE_CHOICES, load_detector
+    from facetrip.alignment.detect import FACE_CHOICES, check_installed
     from facetrip.data.align import SKIPPED_NAME, align_folder, default_workers
 
     if face not in FACE_CHOICES:
@@ -49,7 +49,7 @@ def align(
         raise UserError(f"--min-face must be in (0, 1], got {min_face}")
     if batch_size < 1 or (workers is not None and workers < 0):
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
-    load_detector("mtcnn")  # the missing extra is one line before any work
+    check_installed()  # the missing extra is one line before any work
     spec = AlignSpec(size=size, face=face, min_face=min_face)
     start = time.perf_counter()
     with tqdm(desc="align", unit="img", delay=0.5) as bar:
