@@ -15,9 +15,11 @@ measures images/s of
       decoding, detection, fit, warp, PNG encoding, atomic writes, align.jsonl);
 
 in the order a, b, a (the limit is their mean, so a change in the load of a shared machine
-hits both alike), then re-detects the landmarks on a sample of the crops, each framed in a
-grey border half a crop wide, and reports their median distance to the template. Prints a
-markdown table and writes JSON.
+hits both alike). Each is also measured in CPU seconds (the processes' user + system time),
+which another user's load on a shared machine disturbs far less than wall time: the CPU ratio
+is detector-alone CPU seconds / align CPU seconds for the same images. Then it re-detects
+the landmarks on a sample of the crops, each framed in a grey border half a crop wide, and
+reports their median distance to the template. Prints a markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -73,14 +76,16 @@ def _detect_share(images: list[torch.Tensor], spec: AlignSpec, start: mp.Barrier
     detector = Detector(spec.min_face)
     detector.detect(images[:2])  # warm up
     start.wait()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(images), BATCH):
         detector.detect(images[i:i + BATCH])
-    times.put((began, time.perf_counter()))
+    times.put((began, time.perf_counter(), time.process_time() - cpu))
 
 
-def detector_alone(images: list[torch.Tensor], spec: AlignSpec, workers: int) -> float:
-    """images/s of MTCNN on decoded images in ``workers`` one-thread processes (fork)."""
+def detector_alone(images: list[torch.Tensor], spec: AlignSpec, workers: int
+                   ) -> tuple[float, float]:
+    """``(images/s, CPU seconds)`` of MTCNN on decoded images in ``workers`` one-thread
+    processes (fork)."""
     ctx = mp.get_context("fork")
     start, times = ctx.Barrier(workers), ctx.Queue()
     shares = [images[w::workers] for w in range(workers)]
@@ -91,18 +96,25 @@ def detector_alone(images: list[torch.Tensor], spec: AlignSpec, workers: int) ->
     spans = [times.get() for _ in procs]
     for p in procs:
         p.join()
-    return len(images) / (max(e for _, e in spans) - min(b for b, _ in spans))
+    wall = max(e for _, e, _ in spans) - min(b for b, _, _ in spans)
+    return len(images) / wall, sum(c for _, _, c in spans)
 
 
-def align_cli(tree: Path, out: Path, workers: int) -> tuple[float, str]:
-    """images/s of ``facetrip align`` end to end (a fresh process), and its summary line."""
-    began = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def align_cli(tree: Path, out: Path, workers: int) -> tuple[float, float, str]:
+    """``(images/s, CPU seconds, its summary line)`` of ``facetrip align`` end to end (a
+    fresh process; its CPU time includes its workers')."""
+    began, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run([sys.executable, "-m", "facetrip", "align", str(tree), "--out",
                            str(out), "--workers", str(workers)], capture_output=True,
                           text=True, check=True)
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, _children_cpu() - cpu
     count = sum(1 for _ in tree.rglob("*.jpg"))
-    return count / seconds, proc.stdout.strip().splitlines()[-1]
+    return count / seconds, cpu, proc.stdout.strip().splitlines()[-1]
 
 
 def redetect_error(out: Path, sample: int) -> float:
@@ -140,19 +152,22 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         tree = link_tree(args.data, paths, Path(tmp) / "photos")
-        alone = [detector_alone(images, spec, args.workers)]
+        runs = [detector_alone(images, spec, args.workers)]
         load.append(os.getloadavg()[0])
-        align_rate, summary = align_cli(tree, Path(tmp) / "aligned", args.workers)
+        align_rate, align_cpu, summary = align_cli(tree, Path(tmp) / "aligned", args.workers)
         load.append(os.getloadavg()[0])
-        alone.append(detector_alone(images, spec, args.workers))
+        runs.append(detector_alone(images, spec, args.workers))
         load.append(os.getloadavg()[0])
         aligned = sum(1 for _ in (Path(tmp) / "aligned").rglob("*.png"))
         error = redetect_error(Path(tmp) / "aligned", args.sample)
-    limit = statistics.mean(alone)
+    alone = [rate for rate, _ in runs]
+    limit, alone_cpu = statistics.mean(alone), statistics.mean(cpu for _, cpu in runs)
     result = {
         "images": len(paths), "workers": args.workers, "batch": BATCH,
         "min_face": spec.min_face, "detector_alone_img_s": [round(r, 2) for r in alone],
         "align_img_s": round(align_rate, 2), "ratio": round(align_rate / limit, 3),
+        "detector_alone_cpu_s": [round(cpu, 1) for _, cpu in runs],
+        "align_cpu_s": round(align_cpu, 1), "cpu_ratio": round(alone_cpu / align_cpu, 3),
         "faces_found": aligned, "found_share": round(aligned / len(paths), 4),
         "redetect_median_px": round(error, 3), "align_summary": summary,
         "loadavg_1min": load, "cpus": os.cpu_count(), "torch": torch.__version__,
@@ -162,7 +177,10 @@ def main() -> None:
     print(f"| images (workers) | {len(paths)} ({args.workers}) |")
     print(f"| detector alone, img/s (a, a') | {alone[0]:.1f}, {alone[1]:.1f} |")
     print(f"| facetrip align, img/s | {align_rate:.1f} |")
-    print(f"| align / detector alone | {align_rate / limit:.1%} |")
+    print(f"| align / detector alone (wall) | {align_rate / limit:.1%} |")
+    print(f"| CPU s: detector alone (a, a'), align | "
+          f"{', '.join(f'{cpu:.0f}' for _, cpu in runs)}, {align_cpu:.0f} |")
+    print(f"| align / detector alone (per CPU second) | {alone_cpu / align_cpu:.1%} |")
     print(f"| face found | {aligned} / {len(paths)} ({aligned / len(paths):.2%}) |")
     print(f"| re-detected landmarks to template, median | {error:.2f} px |")
     print(f"| load average (1 min) | {', '.join(f'{v:.2f}' for v in load)} |")
