@@ -57,8 +57,9 @@ bench-mining: install
 bench-eval: install
 	$(BIN)/python scripts/bench_eval.py --out bench_results/eval.json
 
-# Data pipeline vs the model: images/s from memory, JPEG files, the decoded cache and a plain
-# torchvision ImageFolder loader (LFW from ../shared/data/lfw, else a synthetic set; ~15 min on 2 CPUs).
+# Data pipeline vs the model: images/s from memory, JPEG files, the decoded cache, a plain
+# torchvision ImageFolder loader and a RecordIO .rec of the same files (facetrip pack)
+# (LFW from ../shared/data/lfw, else a synthetic set; ~20 min on 2 CPUs).
 bench-data: install
 	$(BIN)/python scripts/bench_data.py --out bench_results/data.json
 

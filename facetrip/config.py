@@ -132,6 +132,14 @@ class TrainConfig:
     dist_timeout: float = 1800.0
     #: also log the metrics as TensorBoard scalars in RUN/tensorboard (the tensorboard extra)
     tensorboard: bool = False
+    #: .bin verification sets (insightface's lfw.bin, cfp_fp.bin...) scored after every epoch
+    val_bins: list[str] = field(default_factory=list)
+    #: what best.pt follows: ``val`` (accuracy on the held-out identities' pairs) or ``bins``
+    #: (the mean accuracy over ``val_bins``)
+    best_metric: Literal["val", "bins"] = "val"
+    #: decay of an exponential moving average of the weights (e.g. 0.999; null = off):
+    #: validation, best.pt and its exports use the average
+    ema: float | None = None
 
 
 @dataclass
@@ -286,6 +294,7 @@ def _validate(cfg: Config) -> None:
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (cfg.train.max_bad_steps >= 0, "train.max_bad_steps must be >= 0"),
         (cfg.train.dist_timeout > 0, "train.dist_timeout must be > 0"),
+        (cfg.train.ema is None or 0.0 < cfg.train.ema < 1.0, "train.ema must be in (0, 1)"),
         (cfg.train.grad_clip is None or cfg.train.grad_clip > 0, "train.grad_clip must be > 0"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
         (cfg.optim.min_lr >= 0, "optim.min_lr must be >= 0"),
@@ -295,6 +304,8 @@ def _validate(cfg: Config) -> None:
         (cfg.eval.pairs_per_fold >= 2, "eval.pairs_per_fold must be >= 2"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.folds >= 2, "eval.folds must be >= 2"),
+        (cfg.train.best_metric != "bins" or bool(cfg.train.val_bins),
+         "train.best_metric=bins needs train.val_bins (the .bin sets whose mean it follows)"),
     ]
     for ok, message in checks:
         if not ok:

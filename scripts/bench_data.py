@@ -17,8 +17,11 @@ measures training images/s of
       would write it (centre crop, resize, flip, colour jitter, to tensor, normalise),
       through the same training step (labels replaced by a PK layout so the step costs the
       same);
+  (e) facetrip train steps from a RecordIO ``.rec`` of the same images (``facetrip pack``,
+      the JPEG bytes unchanged: decoding in the DataLoader workers, as (b));
 
-each as a ratio to (a): overall (total images / total time) and per round (each block against
+each as a ratio to (a) (and (e) to (c), the issue's target: a ``.rec`` at >= 90% of the
+decoded cache): overall (total images / total time) and per round (each block against
 the (a) block of the same round; their median and range show the noise). All steps go through
 ``facetrip.training.loop.train_one_epoch``. The modes run in short blocks, interleaved (a b c d
 a b c d ...), in one process, so a change in the load of a shared machine hits all of them
@@ -63,6 +66,7 @@ MODES = {
     "b": "facetrip, JPEG files",
     "c": "facetrip, decoded cache",
     "d": "ImageFolder + PIL + DataLoader",
+    "e": "facetrip, RecordIO .rec",
 }
 
 
@@ -114,7 +118,7 @@ def loader_only(loader: Iterable, transform=None, n: int = 3) -> float:
 
 
 def bench_size(cfg: Config, root: Path, crop: int | None, steps: int, rounds: int,
-               cache_dir: Path) -> dict:
+               cache_dir: Path, rec: Path) -> dict:
     per_block = steps + 1
     cfg.sampler.batches_per_epoch = per_block
     cfg.train.device = "cpu"
@@ -125,6 +129,9 @@ def bench_size(cfg: Config, root: Path, crop: int | None, steps: int, rounds: in
     data_cache = prepare_run(cached, cache_dir.parent / "run-cache",
                              overwrite=True).data  # builds the cache on first use
     cache_seconds = time.perf_counter() - tic
+    packed = copy.deepcopy(cfg)
+    packed.data.root = str(rec)
+    data_rec = prepare_run(packed, cache_dir.parent / "run-rec", overwrite=True).data
     data_jpeg, state, loss_fn = run.data, run.state, run.loss_fn
     plain = plain_torchvision_loader(root, cfg.data.image_size, crop,
                                      resolve_workers(cfg.data.workers), pin=False)
@@ -136,11 +143,13 @@ def bench_size(cfg: Config, root: Path, crop: int | None, steps: int, rounds: in
         "b": (data_jpeg.train_loader, data_jpeg.normalize),
         "c": (data_cache.train_loader, data_cache.normalize),
         "d": (Limited(plain, per_block, pk_labels), None),
+        "e": (data_rec.train_loader, data_rec.normalize),
     }
     pipeline = {
         "b": loader_only(data_jpeg.train_loader, data_jpeg.normalize),
         "c": loader_only(data_cache.train_loader, data_cache.normalize),
         "d": loader_only(Limited(plain, 4)),
+        "e": loader_only(data_rec.train_loader, data_rec.normalize),
     }
     times: dict[str, list[float]] = {m: [] for m in MODES}
     block_ips: dict[str, list[float]] = {m: [] for m in MODES}
@@ -165,7 +174,11 @@ def bench_size(cfg: Config, root: Path, crop: int | None, steps: int, rounds: in
     ips = {m: len(t) * P * K / sum(t) for m, t in times.items()}
     # each round's block against the (a) block run just before it: robust to load drift
     paired = {m: sorted(b / a for a, b in zip(block_ips["a"], block_ips[m])) for m in MODES}
+    rec_to_cache = sorted(e / c for c, e in zip(block_ips["c"], block_ips["e"]))
     return {
+        "rec_to_cache": ips["e"] / ips["c"],
+        "rec_to_cache_rounds": {"median": float(statistics.median(rec_to_cache)),
+                                "range": [rec_to_cache[0], rec_to_cache[-1]]},
         "image_size": cfg.data.image_size,
         "images_per_s": ips,
         "ratio_to_a": {m: ips[m] / ips["a"] for m in MODES},
@@ -202,6 +215,12 @@ def main() -> None:
         root, crop_fraction = Path(tmp.name) / "synth", 1.0
         print(f"no dataset at {args.data}: synthesising one in {root}", file=sys.stderr)
         synthesize(root, 400, 20, 128, 0)
+    from facetrip.data.recordio import pack_identity_folder
+
+    tic = time.perf_counter()
+    packed = pack_identity_folder(root, args.cache_dir / "rec" / f"{root.name}.rec",
+                                  overwrite=True)
+    pack_seconds = time.perf_counter() - tic
     results = []
     for size in args.sizes:
         sets = [f"data.root={root}", f"data.image_size={size}", "data.val_fraction=0",
@@ -213,7 +232,7 @@ def main() -> None:
         cfg = load_config(None, sets)
         crop = int(round(250 * crop_fraction)) if crop_fraction < 1 else None  # LFW: 250 px
         results.append(bench_size(cfg, root, crop, args.steps, args.rounds,
-                                  args.cache_dir / f"{root.name}-{size}"))
+                                  args.cache_dir / f"{root.name}-{size}", packed.rec))
     meta = {
         "dataset": str(root), "batch": P * K, "model": "resnet18 (facetrip default config)",
         "workers": resolve_workers(cfg.data.workers), "precision": cfg.train.precision,
@@ -221,6 +240,8 @@ def main() -> None:
         "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "steps_per_block": args.steps, "rounds": args.rounds,
+        "rec": {"path": str(packed.rec), "images": packed.images, "bytes": packed.bytes,
+                "pack_seconds": pack_seconds},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
@@ -236,7 +257,7 @@ def main() -> None:
             f"{r['images_per_s'][m]:.1f} img/s = {100 * r['ratio_to_a'][m]:.0f}% "
             f"(rounds: median {100 * r['paired_ratio_median'][m]:.0f}%, "
             f"{100 * r['paired_ratio_range'][m][0]:.0f}-{100 * r['paired_ratio_range'][m][1]:.0f}%)"
-            for m in "bcd"
+            for m in "bcde"
         ]
         load = r["load_average"]
         print(f"| {r['image_size']} px | " + " | ".join(cells)
@@ -245,6 +266,12 @@ def main() -> None:
         f"{r['image_size']} px: " + ", ".join(
             f"({m}) {v:.0f} img/s" for m, v in r["pipeline_only_images_per_s"].items())
         for r in results))
+    print("(e) .rec vs (c) decoded cache: " + "; ".join(
+        f"{r['image_size']} px {100 * r['rec_to_cache']:.0f}% (rounds: median "
+        f"{100 * r['rec_to_cache_rounds']['median']:.0f}%, "
+        f"{100 * r['rec_to_cache_rounds']['range'][0]:.0f}-"
+        f"{100 * r['rec_to_cache_rounds']['range'][1]:.0f}%)" for r in results))
+    print(f"pack: {packed.images} images, {packed.bytes / 2**20:.0f} MiB in {pack_seconds:.1f} s")
     print("cache build: " + ", ".join(
         f"{r['image_size']} px {r['cache_build_seconds']:.1f} s" for r in results)
         + f"\nwritten to {args.out}")

@@ -2,7 +2,8 @@
 
 One module per command group (:mod:`~facetrip.cli.data`: synth, cache; :mod:`~facetrip.cli.align`;
 :mod:`~facetrip.cli.train`; :mod:`~facetrip.cli.evaluate`: eval; :mod:`~facetrip.cli.deploy`:
-embed, export; :mod:`~facetrip.cli.recognize`: verify, enroll, identify), listed in
+embed, export; :mod:`~facetrip.cli.recognize`: verify, enroll, identify;
+:mod:`~facetrip.cli.pack`: pack), listed in
 ``facetrip --help`` in the order of a workflow (:data:`WORKFLOW`). :func:`main` turns a user's
 mistake into one line and exit code 2.
 """
@@ -17,6 +18,7 @@ from facetrip.cli import (  # noqa: F401  (register the commands)
     data,
     deploy,
     evaluate,
+    pack,
     recognize,
     train,
 )

@@ -45,7 +45,7 @@ def synth(
 @app.command()
 def cache(
     data: Annotated[Path, typer.Argument(
-        help="Identity-folder dataset: DATA/<identity>/<image>.", show_default=False)],
+        help="Data set: DATA/<identity>/<image>, or a RecordIO .rec.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Cache directory (the value for data.cache).")],
     image_size: Annotated[int | None, typer.Option(
         help="Model input side in pixels (= data.image_size; default 64).")] = None,
@@ -67,7 +67,7 @@ def cache(
     """
     from facetrip.config import config_from_dict
     from facetrip.data.cache import load_or_build_cache
-    from facetrip.data.index import list_dataset
+    from facetrip.data.source import list_source
     from facetrip.data.transforms import preprocess_from_config
 
     size = renamed(image_size, size, "--image-size", "--size") or 64
@@ -82,7 +82,7 @@ def cache(
     cfg = config_from_dict({"data": {"root": str(data), "image_size": size,
                                      "crop_fraction": crop_fraction, "crop_box": box,
                                      "grayscale": grayscale}})
-    files, _ = list_dataset(data)
+    files, _, _ = list_source(data)
     with tqdm(total=len(files), desc="cache", unit="img", delay=0.5) as bar:
         result, why = load_or_build_cache(data, out, preprocess_from_config(cfg.data),
                                           default_workers(workers),

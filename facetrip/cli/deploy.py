@@ -54,15 +54,18 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return height, width
 
 
-@app.command(short_help="Export TorchScript, ONNX or safetensors + a calibrated sidecar.")
+@app.command(short_help="Export a .pt2 (torch.export), TorchScript, ONNX or safetensors model "
+                        "with a calibrated sidecar.")
 def export(
-    out: Annotated[Path, typer.Option(help="Output model file, e.g. model.pt, model.onnx, "
-                                           "model.safetensors (sidecar: OUT.json).")],
+    out: Annotated[Path, typer.Option(help="Output model file, e.g. model.pt2, model.pt, "
+                                           "model.onnx, model.safetensors (sidecar: "
+                                           "OUT.json).")],
     model: Annotated[Path | None, typer.Option(
         help="Checkpoint (.pt) from facetrip train.")] = None,
     format: Annotated[str | None, typer.Option(
-        "--format", help=FORMAT_HELP + "torchscript (.pt, and any other suffix), onnx "
-                         "(needs the onnx extra) or safetensors (weights only).")] = None,
+        "--format", help=FORMAT_HELP + "export (torch.export, .pt2), torchscript (.pt, and any "
+                         "other suffix; deprecated by torch), onnx (needs the onnx extra) or "
+                         "safetensors (weights only).")] = None,
     calibration: Annotated[Path | None, typer.Option(
         help="facetrip eval's metrics.json of this checkpoint: thresholds for best accuracy "
              "and FAR 1e-2/1e-3/1e-4 go into the sidecar. Default: CHECKPOINT_DIR/eval/"
@@ -71,18 +74,20 @@ def export(
         "--input", help="ONNX input: uint8 (RGB images at --source-size; the graph does the "
                         "whole preprocessing) or float (normalised S x S).")] = "uint8",
     source_size: Annotated[str | None, typer.Option(
-        help="ONNX uint8 input size WIDTHxHEIGHT (default: the run's most common image "
-             "size, else the model input size).")] = None,
+        help="Input size WIDTHxHEIGHT of ONNX uint8 and .pt2 models (default: the run's "
+             "most common image size, else the model input size).")] = None,
     device: Annotated[str, typer.Option(
         help=DEVICE_HELP + " Where calibration embeds its images.")] = "auto",
     checkpoint: OldCheckpoint = None,
 ) -> None:
     """Export a model that runs without facetrip's training code, plus its JSON sidecar.
 
-    TorchScript: model(x) on normalised input, model.preprocess / model.embed on uint8
+    torch.export (.pt2): torch.export.load(path).module() on uint8 images of one size, the
+    whole preprocessing inside, any batch size. TorchScript (deprecated by torch, kept for
+    existing users): model(x) on normalised input, model.preprocess / model.embed on uint8
     images of any size. ONNX: a dynamic batch axis, uint8 or float input. safetensors: the
-    weights, for facetrip.load_model(path). Every export is checked against the checkpoint
-    on a batch of images (max |difference| <= 1e-4) before anything is written.
+    weights, for facetrip.load_model(path). Every export is checked against the checkpoint on
+    a batch of images (max |difference| <= 1e-4) before anything is written.
     """
     from facetrip.deploy.export import ExportOptions, export_model
 

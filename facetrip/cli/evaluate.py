@@ -55,6 +55,10 @@ Cache = Annotated[Path | None, typer.Option(
          "data.cache of the same folder is reused).")]
 Distance = Annotated[str | None, typer.Option(
     help="euclidean or cosine (default euclidean; the loss's loss.distance).")]
+Bins = Annotated[list[str] | None, typer.Option(
+    "--bin", help="Also score a .bin verification set (insightface's lfw.bin, cfp_fp.bin, "
+                  "agedb_30.bin...: 10 folds, as the published tables), read without running "
+                  "anything in it (repeatable or comma-separated; DATA then optional).")]
 Ks = Annotated[list[str] | None, typer.Option(
     "--k", help="Recall@k values (repeatable or comma-separated; default 1,2,4,8,16).")]
 
@@ -62,8 +66,10 @@ Ks = Annotated[list[str] | None, typer.Option(
 @app.command("eval")
 def eval_(
     data: Annotated[Path | None, typer.Argument(
-        help="Identity-folder dataset to embed (with --model).", show_default=False)] = None,
+        help="Data set to embed (with --model): an identity folder or a RecordIO .rec.",
+        show_default=False)] = None,
     model: Model = None,
+    bin_sets: Bins = None,
     embeddings: Embeddings = None,
     pairs: Pairs = None,
     calibration_pairs: CalibrationPairs = None,
@@ -91,7 +97,8 @@ def eval_(
 ) -> None:
     """Verification (k-fold, LFW protocol) and retrieval metrics: metrics.json + report.html.
 
-    Either --model CHECKPOINT with DATA (embeds the images), or --embeddings FILE.npz.
+    Either --model CHECKPOINT with DATA (embeds the images) and/or --bin sets, or
+    --embeddings FILE.npz.
     """
     from facetrip.evaluation.evaluate import EvalRequest, PairProtocol, evaluate
     from facetrip.evaluation.sources import Loading
@@ -109,7 +116,8 @@ def eval_(
         renamed(distance, metric, "--distance", "--metric") or "euclidean", ks, flip,
         tuple(dict.fromkeys(split_list(baseline))), baseline_fit, cache,
         _device(device) if embeddings is None else "cpu",
-        Loading(check_batch_size(batch_size), default_workers(workers)), align)
+        Loading(check_batch_size(batch_size), default_workers(workers)),
+        tuple(Path(b) for b in split_list(bin_sets)), align)
     request.check()
     with tqdm(desc="embed", unit="img", delay=0.5, disable=embeddings is not None) as bar:
         result = evaluate(request, progress=bar.update)
@@ -123,15 +131,23 @@ def eval_(
 
 def _print(result, out: Path, pairs: Path | None) -> None:
     """Write metrics.json and print the tables, coverage and protocol notes."""
-    from facetrip.evaluation.table import format_text, protocol_notes
+    from facetrip.evaluation.table import format_bins, format_text, protocol_notes
 
     atomic_write(out / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
     if result.metrics["skipped"]:
         typer.echo(f"warning: skipped {len(result.metrics['skipped'])} unreadable files", err=True)
-    typer.echo(format_text(result.metrics))
-    typer.echo(_coverage(result.metrics))
-    for note in protocol_notes(result.metrics, pairs.name if pairs else None):
-        typer.echo(f"note: {note}")
+    if "verification" in result.metrics:
+        typer.echo(format_text(result.metrics))
+        typer.echo(_coverage(result.metrics))
+        for note in protocol_notes(result.metrics, pairs.name if pairs else None):
+            typer.echo(f"note: {note}")
+    if result.metrics.get("bins"):
+        typer.echo("\n.bin verification sets (10 folds, thresholds held out):")
+        typer.echo(format_bins(result.metrics))
+        for name, scores in result.metrics["bins"].items():
+            if scores["skipped_pairs"]:
+                typer.echo(f"warning: {name}: {scores['skipped_pairs']} pairs left out (an "
+                           "image that does not decode)", err=True)
     for name, protocol in (result.metrics.get("also") or {}).items():
         typer.echo(f"\n{name}: {protocol['verification']['folds']} folds")
         typer.echo(format_text(protocol))

@@ -168,8 +168,11 @@ class ConsoleHooks(TrainHooks):
         if self.bar is None:
             self.bar = tqdm(total=log.batches * log.images, initial=log.batch * log.images,
                             desc=f"epoch {log.epoch + 1}", unit="img", smoothing=0.1)
-        self.bar.set_postfix(loss="skipped" if log.loss is None else f"{log.loss:.4f}",
-                             active=f"{log.stats.get('active_fraction', 0):.2f}", refresh=False)
+        shown = {"loss": "skipped" if log.loss is None else f"{log.loss:.4f}",
+                 "active": f"{log.stats.get('active_fraction', 0):.2f}"}
+        if "cls_accuracy" in log.stats:  # loss.classifier: how well it names the identities
+            shown["cls"] = f"{log.stats['cls_accuracy']:.2f}"
+        self.bar.set_postfix(shown, refresh=False)
         self.bar.update(log.images)
         if log.batch + 1 == log.batches:  # closed before validation: the rate is training's
             self.close_bar()
@@ -179,6 +182,10 @@ class ConsoleHooks(TrainHooks):
         if val is not None:
             typer.echo(f"epoch {epoch + 1}: val accuracy {val['accuracy']:.4f} "
                        f"± {val['accuracy_std']:.4f}, auc {val['auc']:.4f}")
+
+    def bins_scored(self, epoch: int, bins: dict[str, dict]) -> None:
+        scores = ", ".join(f"{name} {m['accuracy']:.4f}" for name, m in bins.items())
+        typer.echo(f"epoch {epoch + 1}: .bin accuracy {scores}")
 
     def close_bar(self) -> None:
         if self.bar is not None:

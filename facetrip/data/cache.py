@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetrip.data.decode import ImageError, display_path, probe_image
-from facetrip.data.index import ImageFolderIndex, SourceFile, build_index, list_dataset
+from facetrip.data.decode import ImageError, display_path
+from facetrip.data.index import ImageFolderIndex, SourceFile, build_index
+from facetrip.data.source import ImageReader, list_source
 from facetrip.data.transforms import Preprocess
 from facetrip.errors import UserError
 from facetrip.io import atomic_write, locked
@@ -128,19 +129,18 @@ class _DecodeFiles(torch.utils.data.Dataset):
     """Item ``i``: ``(i, uint8 (3, S, S) or None, reason or None, (width, height))``."""
 
     def __init__(self, root: Path, files: list[SourceFile], spec: Preprocess) -> None:
-        self.root, self.files, self.spec = root, files, spec
+        self.reader, self.files, self.spec = ImageReader(root), files, spec
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple:
         f = self.files[i]
-        if f.identity is None:  # at the dataset root: reported by build_index, not decoded
+        if f.identity is None:  # outside identities: reported by build_index, not decoded
             return i, None, None, (0, 0)
-        path = self.root / f.path
         try:
-            _, width, height = probe_image(path)
-            return i, self.spec.load(path), None, (width, height)
+            image, size = self.reader.load_with_size(self.spec, f.path)
+            return i, image, None, size
         except ImageError as exc:
             return i, None, str(exc), (0, 0)
 
@@ -179,12 +179,11 @@ def _check_cache_dir(root: Path, out: Path) -> None:
 
 def _build(root: Path, out: Path, spec: Preprocess, workers: int,
            progress: Callable[[int], None] | None) -> DecodedCache:
-    files, identity_dirs = list_dataset(root)  # stat before decoding: a later edit is stale
+    files, identity_dirs, reasons = list_source(root)  # stat first: a later edit is stale
     token = uuid.uuid4().hex[:12]
     images_file = f"images-{token}.npy"
     tmp_images = out / f".{images_file}.tmp"
     shape = (len(files), 3, spec.size, spec.size)
-    reasons: list[str | None] = [None] * len(files)
     sizes = np.zeros((len(files), 2), dtype=np.int64)
     try:
         array = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8,
@@ -195,7 +194,7 @@ def _build(root: Path, out: Path, spec: Preprocess, workers: int,
         )
         for items in loader:
             for i, image, reason, size in items:
-                reasons[i] = reason
+                reasons[i] = reason or reasons[i]
                 sizes[i] = size
                 if image is not None:
                     array[i] = image.numpy()
@@ -255,7 +254,7 @@ def _open_or_build(root: Path, path: Path, spec: Preprocess, workers: int,
         except UserError as exc:
             why = str(exc)
         else:
-            files, identity_dirs = list_dataset(root)
+            files, identity_dirs, _ = list_source(root)
             why = cache.staleness(files, identity_dirs)
             if cache.spec != spec:
                 why = (f"built for {cache.spec.to_dict()}, need {spec.to_dict()}"

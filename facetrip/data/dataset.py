@@ -1,20 +1,23 @@
-"""Map-style datasets over an :class:`ImageFolderIndex`: from image files (surviving files
-that break mid-training) or from the decoded cache."""
+"""Map-style datasets over an :class:`ImageFolderIndex`: from image files or RecordIO records
+(surviving items that break mid-training) or from the decoded cache."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
 
-from facetrip.data.decode import ImageError, decode_pil, display_path
+from facetrip.data.decode import ImageError, display_path
 from facetrip.data.index import ImageFolderIndex
+from facetrip.data.source import (  # noqa: F401  (load_rgb, load_transformed: re-exported)
+    ImageReader,
+    load_rgb,
+    load_transformed,
+)
 from facetrip.errors import UserError
 
 if TYPE_CHECKING:
@@ -23,32 +26,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file to a PIL RGB image, applying its EXIF orientation.
-
-    Grey, 16-bit, palette, RGBA (alpha dropped) and CMYK images are converted to 8-bit RGB.
-    Decodes exactly as the training loader does (torchvision.io for JPEG/PNG, full scale).
-    Raises :class:`~facetrip.data.decode.ImageError` (a ValueError) for unusable files.
-    """
-    return decode_pil(path)
-
-
-def load_transformed(transform: Callable, path: str | Path) -> torch.Tensor:
-    """``transform.load(path)`` when the transform has one (:class:`Preprocess` and
-    ``build_transform``'s result: the fast decoder, reduced-scale large JPEGs), else
-    ``transform(load_rgb(path))``. Raises what decoding raises for an unusable file."""
-    load = getattr(transform, "load", None)
-    return load(path) if load is not None else transform(load_rgb(path))
-
-
 class FaceDataset(torch.utils.data.Dataset):
-    """``dataset[i] -> (transform(image i), label)`` for the images of ``index``.
+    """``dataset[i] -> (transform(image i), label)`` for the images of ``index`` (files of an
+    identity folder, or records of a ``.rec``, decoded where the item is loaded: in the
+    ``DataLoader`` workers).
 
     ``transform`` takes a PIL RGB image, or, when it has a ``load(path)`` method (like
     :class:`~facetrip.data.transforms.Preprocess` and ``build_transform``'s result), the path,
     so it can use the fast decoder. Training passes a ``Preprocess`` (``uint8 (3, S, S)`` out).
 
-    A file that fails to decode (truncated, corrupted after the scan) is never fatal: it is
+    An item that fails to decode (truncated, corrupted after the scan) is never fatal: it is
     logged, counted in ``failures`` (across DataLoader workers) and replaced by the next image
     of the same identity, so a PK batch keeps its shape.
     """
@@ -56,6 +43,7 @@ class FaceDataset(torch.utils.data.Dataset):
     def __init__(self, index: ImageFolderIndex, transform: Callable) -> None:
         self.index = index
         self.transform = transform
+        self.reader = ImageReader(index.root)
         self._failures = multiprocessing.Value("q", 0)
         self._by_class: list[list[int]] = [[] for _ in index.classes]
         for i, label in enumerate(index.labels.tolist()):
@@ -75,14 +63,14 @@ class FaceDataset(torch.utils.data.Dataset):
         start = candidates.index(i)
         for offset in range(len(candidates)):
             j = candidates[(start + offset) % len(candidates)]
-            path = self.index.root / self.index.paths[j]
             try:
-                return load_transformed(self.transform, path), label
+                return self.reader.load(self.transform, self.index.paths[j]), label
             except (ImageError, OSError, ValueError) as exc:
                 with self._failures.get_lock():
                     self._failures.value += 1
                 log.warning("skipping unreadable image %s (%s); using another image of %s",
-                            display_path(path), exc, display_path(self.index.classes[label]))
+                            self.reader.describe(self.index.paths[j]), exc,
+                            display_path(self.index.classes[label]))
         raise UserError(
             f"no image of identity {display_path(self.index.classes[label])!r} can be decoded "
             "any more: did the dataset change during training?"

@@ -118,6 +118,16 @@ def probe_image(path: str | os.PathLike) -> tuple[str, int, int]:
     return fmt, width, height
 
 
+def header_size(data: bytes | bytearray) -> tuple[int, int] | None:
+    """``(width, height)`` of an encoded image held in memory, from its header only; None when
+    Pillow cannot read the header."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - any header Pillow cannot parse
+        return None
+
+
 def read_bytes(path: str | os.PathLike) -> bytearray:
     """The file's bytes (a writable buffer ``torch.frombuffer`` can share)."""
     try:
@@ -151,7 +161,20 @@ def decode_rgb(
         ImageError: with ``reason`` for the skip report; never another exception type for a
             bad file.
     """
-    data = read_bytes(path)
+    return decode_bytes(read_bytes(path), reduction)
+
+
+def decode_bytes(
+    data: bytes | bytearray, reduction: Callable[[int, int], int] | None = None
+) -> torch.Tensor:
+    """:func:`decode_rgb` of an encoded image held in memory (a record of a RecordIO file, an
+    image of a ``.bin`` set): ``(3, H, W)`` uint8 RGB.
+
+    Raises:
+        ImageError: as :func:`decode_rgb`.
+    """
+    if not isinstance(data, bytearray):  # torch.frombuffer wants a writable buffer
+        data = bytearray(data)
     try:
         img = _open_header(io.BytesIO(data))
         fmt, (width, height), mode = img.format, img.size, img.mode

@@ -61,13 +61,21 @@ class ImageFolderIndex:
         )
 
     def skip_summary(self) -> str:
-        """One line such as ``skipped 3 files: 2 unreadable, 1 too large`` ('' if none)."""
-        if not self.skipped:
-            return ""
-        counts = Counter(s.reason.split(":")[0] for s in self.skipped)
-        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        parts = ", ".join(f"{n} {reason}" for reason, n in ordered)
-        return f"skipped {len(self.skipped)} file{'s' * (len(self.skipped) != 1)}: {parts}"
+        """One line such as ``skipped 3 files: 2 unreadable, 1 too large`` ('' if none);
+        "records" for a RecordIO set."""
+        return skip_summary(self.skipped, "record" if Path(self.root).suffix == ".rec"
+                            else "file")
+
+
+def skip_summary(skipped: list[SkippedFile], what: str = "file") -> str:
+    """One line such as ``skipped 3 files: 2 unreadable, 1 too large`` ('' if none): the
+    count of each reason category (the text before the first colon)."""
+    if not skipped:
+        return ""
+    counts = Counter(s.reason.split(":")[0] for s in skipped)
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    parts = ", ".join(f"{n} {reason}" for reason, n in ordered)
+    return f"skipped {len(skipped)} {what}{'s' * (len(skipped) != 1)}: {parts}"
 
 
 def check_image(path: Path) -> str | None:
@@ -134,8 +142,8 @@ def build_index(
 ) -> ImageFolderIndex:
     """The index of the ``files`` whose reason is ``None``; the others are recorded as skipped.
 
-    Files at the root are skipped ("outside identity folders"); identity folders without a
-    usable image end up in ``empty_classes``.
+    Files at the root are skipped ("outside identity folders", unless their reason says
+    otherwise); identity folders without a usable image end up in ``empty_classes``.
 
     Raises:
         UserError: no identity has a usable image.
@@ -148,7 +156,7 @@ def build_index(
     found: list[list[str]] = [[] for _ in identity_dirs]
     for f, reason in zip(files, reasons, strict=True):
         if f.identity is None:
-            skipped.append(SkippedFile(f.path, "outside identity folders"))
+            skipped.append(SkippedFile(f.path, reason or "outside identity folders"))
         elif reason is not None:
             skipped.append(SkippedFile(f.path, reason))
         else:

@@ -28,7 +28,7 @@ from facetrip.alignment.crop import AlignSpec, align_tensors, folder_alignment
 from facetrip.alignment.detect import shared_detector
 from facetrip.config import DataConfig
 from facetrip.data.crop import crop_region
-from facetrip.data.decode import ImageError, decode_rgb
+from facetrip.data.decode import ImageError, decode_bytes, decode_rgb
 
 NO_FACE = "no face"
 """The skip reason of a photo in which alignment found no face."""
@@ -98,6 +98,11 @@ class Preprocess:
         """Decode ``path`` (at reduced scale when it is far larger than needed) and preprocess:
         ``uint8 (3, size, size)``. Raises :class:`~facetrip.data.decode.ImageError`."""
         return self(decode_rgb(path, self.reduction))
+
+    def load_bytes(self, data: bytes | bytearray) -> torch.Tensor:
+        """:meth:`load` of an encoded image held in memory (a RecordIO record, a ``.bin``
+        image): ``uint8 (3, size, size)``. Raises :class:`~facetrip.data.decode.ImageError`."""
+        return self(decode_bytes(data, self.reduction))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -348,6 +353,9 @@ class FaceTransform:
 
     def load(self, path: str | Path) -> torch.Tensor:
         return self._finish(self.preprocess.load(path))
+
+    def load_bytes(self, data: bytes | bytearray) -> torch.Tensor:
+        return self._finish(self.preprocess.load_bytes(data))
 
 
 def build_transform(

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from facetrip.config import Config
-from facetrip.data.index import ImageFolderIndex, scan_identity_folder
+from facetrip.data.index import ImageFolderIndex
+from facetrip.data.source import scan_dataset
 from facetrip.data.transforms import Preprocessing
 from facetrip.errors import UserError
 from facetrip.evaluation.evaluate import held_out_calibration
@@ -57,6 +58,9 @@ def read_eval_metrics(path: str | Path) -> dict:
         metrics = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if isinstance(metrics, dict) and "bins" in metrics and "verification" not in metrics:
+        raise UserError(f"{path} scores only .bin sets: no pairs of a data set to calibrate "
+                        "on (evaluate DATA too)")
     if not isinstance(metrics, dict) or "verification" not in metrics:
         raise UserError(f"{path} is not the metrics.json of `facetrip eval`")
     return metrics
@@ -133,7 +137,7 @@ def _pair_distances_again(
     options = metrics.get("options") or {}
     root = Path(dataset["root"])
     folds, n_pairs = int(ver["folds"]), int(ver["n_pairs"])
-    index = scan_identity_folder(root)
+    index = scan_dataset(root)
     pairs = [load_pairs(index, dataset.get("pairs_file"), folds, n_pairs // folds,
                         int(options.get("seed", 0)))]
     if len(pairs[0]) != n_pairs:

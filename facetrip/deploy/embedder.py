@@ -33,14 +33,15 @@ from facetrip.errors import UserError
 
 @dataclass(frozen=True)
 class SourceSizeLoader:
-    """Decodes an image for an ONNX model with ``uint8`` input: the whole preprocessing is in
-    the graph, which takes one size only. ``load(path) -> uint8 (3, H, W)``; an image of
+    """Decodes an image for a model whose graph does the whole preprocessing at one input size
+    (ONNX with ``uint8`` input, torch.export). ``load(path) -> uint8 (3, H, W)``; an image of
     another size is refused (an :class:`ImageError`, so ``embed`` skips and lists it). With
-    ``align``, the aligned crop is resized to that size instead (the graph's crop and resize
-    then work on it as training's did on the aligned crop)."""
+    ``align``, the aligned crop is resized to that size instead (an aligned model's graph
+    takes aligned crops)."""
 
     height: int
     width: int
+    kind: str = "ONNX"
     align: AlignSpec | None = None
 
     def load(self, path: str | Path) -> torch.Tensor:
@@ -51,9 +52,9 @@ class SourceSizeLoader:
             crop = Preprocess(self.align.size, align=self.align)(image)
             return F.resize(crop, [self.height, self.width], antialias=True)
         if tuple(image.shape[-2:]) != (self.height, self.width):
-            raise ImageError("wrong size", f"{image.shape[-1]}x{image.shape[-2]}; this ONNX "
-                             f"model takes {self.width}x{self.height} (export it with --input "
-                             "float, or as TorchScript, for any size)")
+            raise ImageError("wrong size", f"{image.shape[-1]}x{image.shape[-2]}; this {self.kind} "
+                             f"model takes {self.width}x{self.height} (export it as "
+                             "TorchScript, or ONNX with --input float, for any size)")
         return image
 
 
@@ -63,7 +64,8 @@ class Embedder:
 
     Attributes:
         path: the model file.
-        kind: ``checkpoint``, ``torchscript``, ``onnx`` or ``safetensors``.
+        kind: ``checkpoint``, ``torchscript``, ``onnx``, ``safetensors`` or ``export``
+            (torch.export).
         meta: the sidecar (or, for a checkpoint, the same fields derived from it).
         loader: ``loader.load(path) -> uint8 (3, h, w)``, the model's decoding and
             preprocessing (:class:`~facetrip.data.transforms.Preprocess` or
@@ -177,9 +179,10 @@ def _network(model: torch.nn.Module, mean, std, device: torch.device,
 
 def load_embedder(path: str | Path, device: str | torch.device = "cpu",
                   align: bool | None = None) -> Embedder:
-    """Load any model file facetrip makes (by suffix: ``.onnx``, ``.safetensors``; otherwise
-    a TorchScript export or a training checkpoint, told apart by content). A model trained
-    on aligned crops detects and aligns each input (``align``: see :meth:`Embedder.aligned`).
+    """Load any model file facetrip makes (by suffix: ``.pt2``, ``.onnx``, ``.safetensors``;
+    otherwise a TorchScript export or a training checkpoint, told apart by content). A model
+    trained on aligned crops detects and aligns each input (``align``: see
+    :meth:`Embedder.aligned`).
 
     Exported files are checked against their sidecar (format and sha256), so a sidecar of
     another file is refused.
@@ -197,6 +200,8 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu",
 def _load_embedder(path: Path, device: torch.device) -> Embedder:
     if path.suffix == ".onnx":
         return _onnx_embedder(path, read_sidecar(path, "onnx"))
+    if path.suffix == ".pt2":
+        return _program_embedder(path, read_sidecar(path, "export"))
     if path.suffix == ".safetensors":
         from facetrip.deploy.safetensors_io import model_from_safetensors
 
@@ -239,3 +244,17 @@ def _onnx_embedder(path: Path, meta: dict) -> Embedder:
             return torch.from_numpy(session.run(None, {name: x})[0])
 
     return Embedder(path, "onnx", meta, loader, torch.device("cpu"), forward)
+
+
+def _program_embedder(path: Path, meta: dict) -> Embedder:
+    """A torch.export program: ``uint8`` images of its input size, run on the CPU (where it
+    was exported; its resize is torch's ``uint8`` CPU kernel)."""
+    from facetrip.deploy.export_program import load_program
+
+    module = load_program(path)
+    loader = SourceSizeLoader(*meta["export"]["input_shape"][2:], kind="torch.export")
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return module(images.cpu())
+
+    return Embedder(path, "export", meta, loader, torch.device("cpu"), forward)

@@ -48,8 +48,9 @@ class ExportOptions:
             ``auto_calibration``, ``eval/metrics.json`` beside the checkpoint when it
             evaluates this checkpoint.
         onnx_input: ``uint8`` (whole preprocessing in the graph) or ``float``.
-        onnx_source_size: ``(H, W)`` of the ONNX ``uint8`` input; default the most common
-            size of the run's images, else the model input size.
+        onnx_source_size: ``(H, W)`` of the ONNX ``uint8`` input and of the torch.export
+            program's input; default the most common size of the run's images, else the
+            model input size.
         device: where calibration embeds its images.
     """
 
@@ -150,6 +151,12 @@ def _onnx_embeddings(data: bytes, info: dict, src: ExportSource,
     return torch.from_numpy(onnx_session(data).run(None, {info["input_name"]: batch})[0])
 
 
+def _aligned_side(src: ExportSource) -> tuple[int, int] | None:
+    """The input size of a fixed-size graph of a model trained on aligned crops: the aligned
+    crop's side (its inputs are aligned crops); None for other models."""
+    return (src.pre.align.size,) * 2 if src.pre.align else None
+
+
 def export_onnx(src: ExportSource, options: ExportOptions, meta: dict) -> Exported:
     """An ONNX graph (:mod:`facetrip.deploy.onnx_export`, the ``onnx`` extra), ``uint8``
     input at one source size (the whole preprocessing inside) or normalised ``float``."""
@@ -157,8 +164,7 @@ def export_onnx(src: ExportSource, options: ExportOptions, meta: dict) -> Export
 
     size = None
     if options.onnx_input == "uint8":  # aligned models take the aligned crops
-        aligned = (src.pre.align.size,) * 2 if src.pre.align else None
-        size = tuple(options.onnx_source_size or aligned
+        size = tuple(options.onnx_source_size or _aligned_side(src)
                      or source_size(src.cfg.data.root, src.pre.size))
     data, info = onnx_bytes(src.model, src.graph_pre, src.mean, src.std, options.onnx_input,
                             size)
@@ -196,6 +202,22 @@ def export_safetensors(src: ExportSource, options: ExportOptions, meta: dict) ->
         partial(_safetensors_embeddings, data, src))
 
 
+def export_program(src: ExportSource, options: ExportOptions, meta: dict) -> Exported:
+    """A torch.export ExportedProgram (:mod:`facetrip.deploy.export_program`): ``uint8``
+    input at one source size, the whole preprocessing inside, a dynamic batch axis."""
+    from facetrip.deploy.export_program import program_bytes, program_embeddings
+
+    size = tuple(options.onnx_source_size or _aligned_side(src)
+                 or source_size(src.cfg.data.root, src.pre.size))
+    data, info = program_bytes(src.model, src.graph_pre, src.mean, src.std, size)
+    h, w = size
+    return Exported(
+        data,
+        f"torch.export.load(path).module()(images): uint8 RGB (batch, 3, {h}, {w}); the "
+        "program does the run's whole preprocessing (crop, resize, grey, normalise)",
+        partial(program_embeddings, data), {"export": info}, size)
+
+
 @dataclass(frozen=True)
 class Format:
     """An export format: the suffix of its files and the function that makes them."""
@@ -209,6 +231,7 @@ FORMATS: dict[str, Format] = {
     "torchscript": Format(".pt", export_torchscript),
     "onnx": Format(".onnx", export_onnx),
     "safetensors": Format(".safetensors", export_safetensors),
+    "export": Format(".pt2", export_program),
 }
 
 

@@ -15,35 +15,25 @@ import torch
 from torch import nn
 
 from facetrip.alignment.crop import AlignSpec
-from facetrip.data.decode import ImageError, decode_rgb, probe_image
-from facetrip.data.index import SourceFile, list_dataset
+from facetrip.data.decode import ImageError
+from facetrip.data.source import dataset_items
 from facetrip.data.transforms import Normalize, Preprocess
-from facetrip.errors import UserError
 from facetrip.model import EmbeddingNet
 
 PARITY_IMAGES = 16
 
 
-def _identity_files(root: str | Path | None) -> list[SourceFile]:
-    """The identity folders' files of the dataset ``root``; [] when it is not there."""
-    if root is None or not Path(root).is_dir():
-        return []
-    try:
-        return [f for f in list_dataset(root)[0] if f.identity is not None]
-    except UserError:
-        return []
-
-
 def run_images(root: str | Path | None, n: int = PARITY_IMAGES,
                size: tuple[int, int] | None = None) -> list[torch.Tensor]:
-    """Up to ``n`` decoded ``uint8 (3, H, W)`` images of the dataset ``root``, spread over it
-    (only those of ``size = (H, W)`` when given); [] when ``root`` is not there."""
-    files = _identity_files(root)
-    step = max(1, len(files) // (4 * n))
+    """Up to ``n`` decoded ``uint8 (3, H, W)`` images of the dataset ``root`` (a folder or a
+    ``.rec``), spread over it (only those of ``size = (H, W)`` when given); [] when ``root``
+    is not there."""
+    reader, items = dataset_items(root)
+    step = max(1, len(items) // (4 * n))
     found: list[torch.Tensor] = []
-    for f in files[::step]:
+    for item in items[::step]:
         try:
-            image = decode_rgb(Path(root) / f.path)
+            image = reader.decode(item)
         except ImageError:
             continue
         if size is None or tuple(image.shape[-2:]) == tuple(size):
@@ -102,13 +92,13 @@ def parity_images(root: str | Path | None, input_size: int,
 
 
 def source_size(root: str | Path | None, default: int) -> tuple[int, int]:
-    """The most common ``(H, W)`` among up to 64 images of the dataset ``root`` (headers
-    only); ``(default, default)`` when it is not there."""
-    files = _identity_files(root)
+    """The most common ``(H, W)`` among up to 64 images of the dataset ``root`` (a folder or
+    a ``.rec``; headers only); ``(default, default)`` when it is not there."""
+    reader, items = dataset_items(root)
     sizes: Counter = Counter()
-    for f in files[:: max(1, len(files) // 64)][:64]:
+    for item in items[:: max(1, len(items) // 64)][:64]:
         try:
-            _, width, height = probe_image(Path(root) / f.path)
+            width, height = reader.size(item)
         except ImageError:
             continue
         sizes[(height, width)] += 1

@@ -6,7 +6,8 @@ Fields (see README "Deploy"): ``facetrip_version``, ``format``, ``architecture``
 ``model_spec``, ``input_size``, ``colour_order``, ``crop_fraction``, ``crop_box``,
 ``grayscale``, ``mean``, ``std``, ``embedding_dim``, ``normalized_output``, ``distance``,
 ``input`` (what the file takes), ``fingerprint``, ``file_sha256``, ``parity``,
-``calibration`` (or null), ``checkpoint``, ``exported_at``; ONNX adds ``onnx``.
+``calibration`` (or null), ``checkpoint``, ``exported_at``; ONNX adds ``onnx``, torch.export
+(format ``export``) ``export``.
 """
 
 from __future__ import annotations

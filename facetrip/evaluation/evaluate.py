@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from facetrip.config import Config
+from facetrip.data.bins import VerificationBin, read_bins
 from facetrip.data.cache import load_or_build_cache
-from facetrip.data.index import ImageFolderIndex, scan_identity_folder
+from facetrip.data.index import ImageFolderIndex
+from facetrip.data.source import scan_dataset
 from facetrip.data.transforms import Preprocessing
 from facetrip.errors import UserError
 from facetrip.evaluation.baselines import PixelEmbedder
@@ -30,6 +32,7 @@ from facetrip.evaluation.sources import (
     pairs_from_file,
     people,
 )
+from facetrip.metrics.bins import embed_bin, score_bin
 from facetrip.metrics.pairs import PairIndexList, pair_distances
 from facetrip.metrics.retrieval import retrieval_metrics, retrieval_metrics_and_top1
 from facetrip.metrics.verification import verification_metrics
@@ -69,11 +72,13 @@ class PairProtocol:
 
 @dataclass(frozen=True)
 class EvalRequest:
-    """What ``facetrip eval`` is asked: a checkpoint (``model``) and the images in ``data``,
-    or an npz of ``embeddings`` (``data``, if given, is where its paths point, for the
-    report's images); the pairs; the distance and Recall@k; test-time ``flip``; baselines
-    (``pixels``, ``eigenfaces``, fitted on the run's training images or ``baseline_fit``);
-    a decoded-image ``cache`` for ``data``; and how to embed (device, batch size, workers)."""
+    """What ``facetrip eval`` is asked: a checkpoint (``model``) and the images in ``data``
+    and/or ``.bin`` verification sets (``bins``, each scored by the 10-fold protocol of the
+    published tables), or an npz of ``embeddings`` (``data``, if given, is where its paths
+    point, for the report's images); the pairs; the distance and Recall@k; test-time
+    ``flip``; baselines (``pixels``, ``eigenfaces``, fitted on the run's training images or
+    ``baseline_fit``); a decoded-image ``cache`` for ``data``; and how to embed (device,
+    batch size, workers)."""
 
     model: Path | None = None
     data: Path | None = None
@@ -87,15 +92,19 @@ class EvalRequest:
     cache: Path | None = None
     device: torch.device | str = "cpu"
     loading: Loading = Loading()
+    bins: tuple[Path, ...] = ()
     #: detect and align each image: None as the checkpoint records, True/False to force
     align: bool | None = None
 
     def check(self) -> None:
         """UserError for a request that cannot be run, naming the options."""
+        if self.bins and self.model is None:
+            raise UserError("--bin needs --model: the checkpoint that embeds its images")
         if (self.model is None) == (self.embeddings is None):
             raise UserError("give either --model (a checkpoint) with DATA, or --embeddings")
-        if self.model is not None and self.data is None:
-            raise UserError("--model needs DATA: the identity-folder dataset to embed")
+        if self.model is not None and self.data is None and not self.bins:
+            raise UserError("--model needs DATA: the identity-folder dataset to embed (or "
+                            "--bin sets to score)")
         if self.distance not in DISTANCES:
             raise UserError(f"--distance must be euclidean or cosine, got {self.distance!r}")
         unknown = [b for b in self.baselines if b not in BASELINES]
@@ -104,6 +113,11 @@ class EvalRequest:
                             f"{', '.join(BASELINES)}")
         self.protocol.check()
         p = self.protocol
+        if self.data is None and self.model is not None and (
+                self.baselines or self.baseline_fit or p.also_pairs or self.cache
+                or p.pairs_file or p.calibration_pairs or p.calibrate_held_out):
+            raise UserError("--pairs, --baseline, --also-pairs, --cache and calibration score "
+                            "the images of DATA: give DATA with --bin")
         if self.embeddings is not None and (self.baselines or self.flip or self.baseline_fit
                                             or p.also_pairs or self.cache
                                             or p.calibrate_held_out or self.align is not None):
@@ -221,7 +235,7 @@ def _open_images(request: EvalRequest, cfg: Config, recorded: Preprocessing
                      else recorded.aligned(request.align))
     images = ImageSource(preprocessing.transform(), loading=request.loading)
     if request.cache is None:
-        return images, scan_identity_folder(data)
+        return images, scan_dataset(data)
     decoded, _ = load_or_build_cache(data, request.cache, preprocessing.crop)
     return (ImageSource(images.transform, decoded, data.resolve(), request.loading),
             decoded.index)
@@ -234,10 +248,14 @@ def _same_root(cfg: Config, data: Path) -> bool:
 
 def _evaluate_images(request: EvalRequest, progress: Callable[[int], None] | None
                      ) -> Evaluation:
-    """Embed ``request.data`` with the checkpoint's model and preprocessing, then score it."""
+    """Embed ``request.data`` with the checkpoint's model and preprocessing, then score it
+    (and the ``.bin`` sets)."""
     device = torch.device(request.device)
     ckpt = load_checkpoint(request.model)
     model, cfg = model_from_checkpoint(ckpt, device)
+    bin_sets = read_bins(request.bins)  # before the long part: a bad file fails at once
+    if request.data is None:
+        return _evaluate_bins_only(request, ckpt, model, cfg, bin_sets, progress)
     images, index = _open_images(request, cfg, Preprocessing.from_checkpoint(ckpt, cfg.data))
     pairs = _resolve_pairs(request.protocol, index, cfg, ckpt.get("val"))
     need_training_images = "eigenfaces" in request.baselines and request.baseline_fit is None
@@ -269,7 +287,41 @@ def _evaluate_images(request: EvalRequest, progress: Callable[[int], None] | Non
         skipped=[{"path": s.path, "reason": s.reason} for s in index.skipped],
         options={**_options(request), "baselines": list(request.baselines),
                  "eigenfaces_fit": fitted_on})
+    if bin_sets:
+        result.metrics["bins"] = _score_bins(request, model, cfg, bin_sets, progress)
     return result
+
+
+def _score_bins(request: EvalRequest, model: torch.nn.Module, cfg: Config,
+                bin_sets: list[VerificationBin], progress: Callable[[int], None] | None
+                ) -> dict[str, dict]:
+    """``{name: metrics}`` of each ``.bin`` set (the fields of ``verification``, plus
+    ``file`` and ``skipped_pairs``), embedded with the checkpoint's preprocessing."""
+    device = torch.device(request.device)
+    preprocessing = Preprocessing.from_config(cfg.data)
+    scores = {}
+    for bin_set in bin_sets:
+        emb, decoded = embed_bin(model, bin_set, preprocessing.crop, device,
+                                 preprocessing.normalize().to(device), flip=request.flip,
+                                 batch_size=request.loading.batch_size,
+                                 workers=request.loading.workers, progress=progress)
+        scores[bin_set.name] = score_bin(bin_set, emb, decoded, request.distance).metrics
+    return scores
+
+
+def _evaluate_bins_only(request: EvalRequest, ckpt: dict, model: torch.nn.Module, cfg: Config,
+                        bin_sets: list[VerificationBin],
+                        progress: Callable[[int], None] | None) -> Evaluation:
+    """``--model`` with ``--bin`` sets and no DATA: only ``metrics["bins"]`` (no pairs or
+    items of a data set, so the report has no curves or image grids)."""
+    none = np.zeros(0, np.int64)
+    metrics = {"bins": _score_bins(request, model, cfg, bin_sets, progress), "dataset": None,
+               "checkpoint": str(request.model), "config": ckpt.get("config"), "skipped": [],
+               "options": _options(request)}
+    run_dir = Path(request.model).parent
+    return Evaluation(metrics, np.zeros(0), PairIndexList(none, none, none.astype(bool), none),
+                      none, none,
+                      run_dir=run_dir if (run_dir / "metrics.jsonl").is_file() else None)
 
 
 def _score_baselines(result: Evaluation, request: EvalRequest, images: ImageSource,
@@ -285,7 +337,7 @@ def _score_baselines(result: Evaluation, request: EvalRequest, images: ImageSour
             embedder: torch.nn.Module = PixelEmbedder()
         else:
             fit = request.baseline_fit
-            fit_index = scan_identity_folder(fit) if fit else trained_on
+            fit_index = scan_dataset(fit) if fit else trained_on
             embedder = fit_eigenfaces(fit_index, images)
             fitted_on = {"root": str(fit or cfg.data.root), "images": len(fit_index),
                          "identities": len(fit_index.classes),

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from facetrip.evaluation.table import columns, metric_rows, protocol_notes
+from facetrip.evaluation.table import bin_columns, columns, metric_rows, protocol_notes
 from facetrip.evaluation.table import fmt as _fmt
 from facetrip.io import atomic_write
 from facetrip.metrics.verification import roc_curve
@@ -90,7 +90,9 @@ def render_report(
         "title": title,
         "nav": NAV,
         "provenance": _provenance(ev.metrics),
-        "metrics": _table(ev.metrics, _pairs_name(ev.metrics)),
+        "metrics": (_table(ev.metrics, _pairs_name(ev.metrics))
+                    if "verification" in ev.metrics else None),
+        "bins": _bins_table(ev.metrics),
         "also": [dict(_table(m, Path(name).name), name=f"Also scored: {name}")
                  for name, m in (ev.metrics.get("also") or {}).items()],
         "roc": _roc_block(ev),
@@ -144,6 +146,16 @@ def _table(metrics: dict, pairs_name: str | None) -> dict:
             "notes": protocol_notes(metrics, pairs_name)}
 
 
+def _bins_table(metrics: dict) -> dict | None:
+    """The ``.bin`` sets' table (a column per set), or None without any."""
+    if not metrics.get("bins"):
+        return None
+    names, sources = bin_columns(metrics)
+    return {"names": names, "rows": metric_rows(sources), "notes": [
+        "each .bin set's consecutive images form its pairs, scored in 10 folds with the "
+        "threshold chosen on the other nine, as in the published tables"]}
+
+
 def _pairs_name(metrics: dict) -> str | None:
     pairs_file = (metrics.get("dataset") or {}).get("pairs_file")
     return Path(pairs_file).name if pairs_file else None
@@ -175,7 +187,9 @@ def _verification(ev: Evaluation) -> dict:
 def _roc_block(ev: Evaluation) -> _Block:
     """ROC curve on a log FAR axis with the EER point, or a note when it is undefined."""
     issame = np.asarray(ev.pairs.issame, dtype=bool)
-    roc = roc_curve(ev.distances, issame) if issame.size else None
+    if not issame.size:
+        return _Block(note="No pairs of a data set were scored (only .bin sets).")
+    roc = roc_curve(ev.distances, issame)
     if roc is None:
         return _Block(note="ROC curve undefined: the pairs contain only one class "
                            "(same or different).")

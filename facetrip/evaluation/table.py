@@ -148,10 +148,26 @@ def _val_cell(entry: Any) -> str:
     return f"{_pm(entry.get('val'), entry.get('val_std'))} (FAR {fmt(entry.get('far'))})"
 
 
+def bin_columns(metrics: dict) -> tuple[list[str], list[dict]]:
+    """``(names, sources)`` of the ``.bin`` sets' table: a column per set, its verification
+    metrics as a source's ``verification``."""
+    bins = metrics.get("bins") or {}
+    return list(bins), [{"verification": scores} for scores in bins.values()]
+
+
+def format_bins(metrics: dict) -> str:
+    """The ``.bin`` sets' table as fixed-width text (see :func:`format_text`)."""
+    return _text(*bin_columns(metrics))
+
+
 def format_text(metrics: dict) -> str:
     """The table as fixed-width text, group headings as their own lines (the numbers of pairs
     and queries are rows of the table)."""
-    names, sources = columns(metrics)
+    return _text(*columns(metrics))
+
+
+def _text(names: list[str], sources: list[dict]) -> str:
+    """Rows of :func:`metric_rows` as fixed-width text, a column per name."""
     rows = metric_rows(sources)
     width = max(len(label) for label, _ in rows) + 2
     cell = max(12, *(len(c) + 2 for _, cells in rows if cells for c in cells))

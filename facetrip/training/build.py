@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from facetrip.config import Config, config_from_dict
+from facetrip.data.bins import VerificationBin, read_bins
 from facetrip.data.cache import load_or_build_cache
 from facetrip.data.dataset import AugmentCollate, CachedFaceDataset, FaceDataset, SeededItems
 from facetrip.data.decode import display_path
@@ -23,11 +24,16 @@ from facetrip.data.index import (
     filter_min_images,
     read_identity_list,
     restrict_identities,
-    scan_identity_folder,
     split_identities,
 )
 from facetrip.data.sampler import PKSampler, SeededBatchSampler
-from facetrip.data.transforms import BatchAugment, Normalize, preprocess_from_config
+from facetrip.data.source import scan_dataset
+from facetrip.data.transforms import (
+    BatchAugment,
+    Normalize,
+    Preprocess,
+    preprocess_from_config,
+)
 from facetrip.errors import UserError
 from facetrip.loss import TripletLoss
 from facetrip.loss.classifier import IdentityClassifier
@@ -63,6 +69,9 @@ class TrainData:
     excluded: dict[str, int]  #: identity -> usable images, for identities left out of training
     cache_note: str = ""  #: '' or how the decoded cache was used / why it was (re)built
     val_note: str = ""  #: '' or what validation pairs were drawn instead of the request
+    #: ``train.val_bins``, read (rank 0 only), scored after every epoch with ``preprocess``
+    val_bins: list[VerificationBin] = field(default_factory=list)
+    preprocess: Preprocess | None = None
 
 
 
@@ -111,7 +120,7 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
                       (f"built ({why})" if why else "up to date, reused"))
         full = cache.index
     else:
-        full = scan_identity_folder(d.root)
+        full = scan_dataset(d.root)
     if d.strict and full.skipped:
         first = full.skipped[0]
         raise UserError(f"data.strict: {full.skip_summary()} (first: "
@@ -150,6 +159,7 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
         train_loader, sampler, val_loader, val_idx, val_pairs, len(kept), len(kept.classes),
         len(excluded), full.skip_summary(), normalize=Normalize(d.mean, d.std), index=full,
         excluded=excluded, cache_note=cache_note, val_note=val_note,
+        val_bins=read_bins(cfg.train.val_bins) if rank == 0 else [], preprocess=preprocess,
     )
 
 
@@ -210,7 +220,7 @@ def run_identities(cfg: Config, full: ImageFolderIndex | None = None
     it saw, validation included)``. ``full``: the index of ``data.root`` when the caller has
     it; otherwise ``data.root`` is scanned (UserError when it is gone)."""
     if full is None:
-        full = scan_identity_folder(cfg.data.root)
+        full = scan_dataset(cfg.data.root)
     _, train_idx, val_idx = split_for_training(full, cfg)
     kept = filter_min_images(train_idx, max(2, cfg.data.min_images_per_identity))
     return kept, kept.classes + (val_idx.classes if val_idx is not None else [])
@@ -226,7 +236,7 @@ def run_validation_pairs(cfg: Config, full: ImageFolderIndex | None = None
         UserError: the run held out no identities, or too few to form pairs.
     """
     if full is None:
-        full = scan_identity_folder(cfg.data.root)
+        full = scan_dataset(cfg.data.root)
     _, _, val_idx = split_for_training(full, cfg)
     if val_idx is None:
         raise UserError(f"the run held out no identities (data.val_fraction="

@@ -33,7 +33,7 @@ from facetrip.version import __version__
 
 log = logging.getLogger(__name__)
 
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "classifier", "memory")
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "classifier", "memory", "ema")
 """Keys a weights-only checkpoint (``best.pt``) leaves out."""
 
 

@@ -45,6 +45,9 @@ class TrainHooks:
     def epoch_end(self, epoch: int, val: dict | None) -> None:
         """Epoch ``epoch`` (0-based) ended, validated (``val``, or None) and checkpointed."""
 
+    def bins_scored(self, epoch: int, bins: dict[str, dict]) -> None:
+        """The ``train.val_bins`` sets were scored after epoch ``epoch``: ``{name: metrics}``."""
+
     def should_stop(self) -> bool:
         """True to stop after this step (a checkpoint is written first)."""
         return False

@@ -200,6 +200,8 @@ def _update(state: TrainState, grad_clip: float | None) -> None:
         scaler.update()
     else:
         optimizer.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.net)
     if not _all_finite(model.parameters()):
         raise TrainingDiverged(
             f"the weights are not finite after the update of step {state.step + 1} (learning "

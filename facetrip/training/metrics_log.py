@@ -46,6 +46,10 @@ class TensorBoardScalars:
             value = source.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._writer.add_scalar(f"{prefix}/{key}", value, row["step"])
+        for name, scores in (row.get("bins") or {}).items():
+            for key in self.VAL_KEYS:
+                if isinstance(scores.get(key), float):
+                    self._writer.add_scalar(f"bins/{name}/{key}", scores[key], row["step"])
 
     def close(self) -> None:
         self._writer.close()
@@ -57,8 +61,8 @@ class MetricsLog:
     Step rows are ``{"type": "step", "epoch", "step", "loss", "lr", "images_per_s", **stats}``;
     epoch rows ``{"type": "epoch", "epoch", "step", "val", "replaced_images", "skipped_steps"}``
     (``skipped_steps``: in the run so far).
-    A skipped step (non-finite loss or gradient) has ``loss: null`` and ``skipped: 1``. Rows are
-    flushed at epoch ends and by :meth:`flush` (before a checkpoint is written).
+    A skipped step (non-finite loss or gradient) has ``loss: null`` and ``skipped: 1``. Each row
+    is flushed as it is written (so ``tail -f`` follows the run), and before a checkpoint.
     """
 
     def __init__(self, path: str | Path, append: bool = False, enabled: bool = True,
@@ -77,11 +81,15 @@ class MetricsLog:
              stats: Mapping[str, float]) -> None:
         self._write({"type": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr,
                      "images_per_s": images_per_s, **stats})
+        self.flush()  # a row a step is cheap beside the step; `tail -f` sees each at once
 
     def epoch(self, epoch: int, step: int, val: dict | None, replaced_images: int,
-              skipped_steps: int = 0) -> None:
-        self._write({"type": "epoch", "epoch": epoch, "step": step, "val": val,
-                     "replaced_images": replaced_images, "skipped_steps": skipped_steps})
+              skipped_steps: int = 0, bins: dict[str, dict] | None = None) -> None:
+        row = {"type": "epoch", "epoch": epoch, "step": step, "val": val,
+               "replaced_images": replaced_images, "skipped_steps": skipped_steps}
+        if bins is not None:
+            row["bins"] = bins
+        self._write(row)
         self.flush()
 
     def flush(self) -> None:

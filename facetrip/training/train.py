@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from facetrip.config import Config, config_from_dict, resume_config, save_config
 from facetrip.errors import UserError
 from facetrip.loss.classifier import JointLoss
 from facetrip.loss.memory import MemoryTripletLoss
+from facetrip.metrics.bins import embed_bin, score_bin
 from facetrip.training.build import (
     TrainData,
     build_classifier,
@@ -35,6 +37,7 @@ from facetrip.training.build import (
     load_data,
     resolve_device,
     resolve_precision,
+    resolve_workers,
     saved_schedule,
 )
 from facetrip.training.checkpoint import (
@@ -128,16 +131,15 @@ def prepare_run(
     device = ctx.device(str(resolve_device(cfg.train.device)))
     ctx.init(device, cfg.train.dist_timeout)
     cfg, ckpt, info = _open_run(cfg, run, resume, overwrite, force, writer=ctx.is_main)
-    if ctx.is_main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.config)
-    ctx.barrier()
     autocast_dtype = resolve_precision(cfg.train.precision, device)
     data = load_data(cfg, device, ctx.rank, ctx.world_size)
-    if ctx.is_main:
+    if ctx.is_main:  # only once the data loaded: a refused run leaves no directory behind
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
         report = write_skip_report(data.index, data.excluded, run.skipped)
         if report is not None and data.skip_summary:
             data.skip_summary += f"; see {report}"
+    ctx.barrier()
     state = _build_state(cfg, data, device, autocast_dtype, ckpt, info)
     if ctx.distributed:  # after loading: every rank starts from the same weights
         state.model = nn.parallel.DistributedDataParallel(
@@ -175,6 +177,9 @@ def _build_state(cfg: Config, data: TrainData, device: torch.device,
         torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None,
         schedule=schedule, classifier=classifier, memory=memory,
     )
+    if cfg.train.ema is not None:
+        state.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema),
+                                  use_buffers=True)
     if ckpt is not None:
         state.load_state_dict(ckpt)
         if schedule != saved_schedule(ckpt, len(data.sampler)):  # train.epochs changed:
@@ -264,6 +269,29 @@ def train(
     return fit(run, hooks)
 
 
+def score_val_bins(run: PreparedRun) -> dict[str, dict]:
+    """``{name: verification metrics}`` of each ``train.val_bins`` set with the network as it
+    is (10 folds, as :func:`facetrip.metrics.bins.score_bin`)."""
+    data, options = run.data, run.options
+    scores = {}
+    for bin_set in data.val_bins:
+        emb, decoded = embed_bin(run.state.evaluated, bin_set, data.preprocess, options.device,
+                                 options.batch_transform, options.channels_last,
+                                 batch_size=run.cfg.eval.batch_size,
+                                 workers=resolve_workers(run.cfg.data.workers))
+        scores[bin_set.name] = score_bin(bin_set, emb, decoded, run.cfg.eval.metric).metrics
+    return scores
+
+
+def tracked_accuracy(best_metric: str, val: dict | None, bins: dict[str, dict] | None
+                     ) -> float | None:
+    """What ``best.pt`` follows: the held-out pairs' accuracy (``val``), or the mean accuracy
+    of the ``.bin`` sets (``bins``); None when it was not measured (on other ranks)."""
+    if best_metric == "bins":
+        return None if not bins else float(np.mean([b["accuracy"] for b in bins.values()]))
+    return None if val is None else val["accuracy"]
+
+
 class _Epochs:
     """The epoch loop of :func:`fit` and what it carries from step to step: the last
     validation, the newest checkpoint, whether a stop was asked."""
@@ -295,21 +323,26 @@ class _Epochs:
             raise TrainingStopped(self.result())
         self.last_val = None
         if run.data.val_loader is not None:
-            self.last_val = validate(state.net, run.data.val_loader, run.data.val_pairs,
+            self.last_val = validate(state.evaluated, run.data.val_loader, run.data.val_pairs,
                                      run.cfg.eval.metric, run.options)
+        bins = score_val_bins(run) if run.data.val_bins else None
         self.metrics.epoch(epoch, state.step, self.last_val,
                            getattr(run.data.train_loader.dataset, "failures", 0),
-                           state.skipped_steps)
-        acc = None if self.last_val is None else self.last_val["accuracy"]
+                           state.skipped_steps, bins=bins)
+        acc = tracked_accuracy(run.cfg.train.best_metric, self.last_val, bins)
         improved = acc is not None and (state.best_accuracy is None or acc > state.best_accuracy)
         if improved:
             state.best_accuracy, state.best_epoch = acc, epoch
         state.epoch, state.batch = epoch + 1, 0
         saved = self.save(self.last_val)
-        if run.ctx.is_main and (improved or run.data.val_index is None):
-            save_checkpoint(saved, run.dir.best, weights_only=True)
+        if run.ctx.is_main and (improved or acc is None):  # nothing to follow: the newest
+            best = saved if state.ema is None else {**saved,
+                                                    "model": state.evaluated.state_dict()}
+            save_checkpoint(best, run.dir.best, weights_only=True)
         if run.ctx.is_main:
             self.hooks.epoch_end(epoch, self.last_val)
+            if bins is not None:
+                self.hooks.bins_scored(epoch, bins)
         if self.stop():
             raise TrainingStopped(self.result())
 

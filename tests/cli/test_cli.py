@@ -1,4 +1,5 @@
-"""End to end through the CLI: synth -> train -> resume -> eval -> embed -> export."""
+"""End to end through the CLI (in-process, as the console script runs it): synth -> train ->
+resume -> eval -> embed -> export; one run of ``python -m facetrip`` in a process of its own."""
 
 import json
 import warnings
@@ -6,6 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from facetrip.config import load_config
 from facetrip.data.index import scan_identity_folder
@@ -18,7 +21,8 @@ from facetrip.training.hooks import TrainHooks
 from facetrip.training.train import train
 from tests.conftest import TINY_CLI as TINY
 from tests.conftest import as_sets as _sets
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_process
+from tests.metrics.references import brute_best_threshold, brute_kfold
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +31,14 @@ pytestmark = pytest.mark.slow
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = root / "data"
-    run_cli("synth", "--out", data, "--identities", 16, "--images-per-identity", 5, "--size", 32)
+    run_cli("synth", "--out", data, "--identities", 16, "--images-per-identity", 5, "--size", 32,
+            "--workers", 1)
     out = run_cli("train", *_sets(TINY + [f"data.root={data}"]), "--out", root / "run")
     return root, data, out
 
 
 def test_train_writes_a_complete_run(tiny_run):
-    root, _, out = tiny_run
+    root, data, out = tiny_run
     run = root / "run"
     for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
@@ -43,8 +48,16 @@ def test_train_writes_a_complete_run(tiny_run):
     assert len(epochs) == 2 and len(steps) >= 2
     for key in ("loss", "lr", "images_per_s", "active_fraction", "mean_d_ap", "mean_d_an"):
         assert all(np.isfinite(r[key]) for r in steps), key
-    assert 0.0 <= epochs[-1]["val"]["accuracy"] <= 1.0
-    assert "val accuracy" in out.stdout
+    # by hand: the last epoch's model (last.pt) on the run's validation pairs, k-fold
+    val = epochs[-1]["val"]
+    held_out, pairs = _validation_pairs(data)
+    emb = _embeddings(run / "last.pt", data, root / "val-e.npz")
+    d = _distances(emb, held_out, pairs.idx1, pairs.idx2)
+    accuracy = brute_kfold(d, pairs.issame, pairs.fold)
+    assert val["accuracy"] == pytest.approx(np.mean(accuracy), abs=1e-6)
+    assert val["accuracy_std"] == pytest.approx(np.std(accuracy), abs=1e-6)
+    assert val["auc"] == pytest.approx(roc_auc_score(pairs.issame, -d), abs=1e-6)
+    assert f"epoch 2: val accuracy {val['accuracy']:.4f}" in out.stdout
 
 
 def test_an_interrupted_run_resumes_exactly(tiny_run, tmp_path):
@@ -79,15 +92,26 @@ def test_eval_embed_export_round_trip(tiny_run, tmp_path):
     run_cli("eval", "--model", ckpt, data, "--out", tmp_path / "eval",
             "--baseline", "pixels", "--device", "cpu", "--pairs-per-fold", 20, "--folds", 4)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    for m in (metrics, metrics["baselines"]["pixels"]):
-        assert 0 <= m["verification"]["accuracy"] <= 1 and "threshold" in m["verification"]
-        assert 0 <= m["verification"]["auc"] <= 1 and m["verification"]["accuracy_std"] >= 0
-        assert set(m["retrieval"]["recall_at_k"]) == {"1", "2", "4", "8", "16"}
 
     run_cli("embed", data, "--model", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
     npz = np.load(tmp_path / "e.npz")
     assert npz["embeddings"].shape == (80, 16) and npz["embeddings"].dtype == np.float32
     assert npz["paths"][0] == "id_00000/00.png" and npz["labels"].max() == 15
+    # by hand: the drawn pairs (4 folds of 20, seed 0) scored k-fold on the model's embeddings
+    # and on raw pixels (each image standardised and L2-normalised)
+    full = scan_identity_folder(data)
+    pairs = generate_pairs(full.labels, n_folds=4, pairs_per_fold=20, seed=0)
+    pixels = {p: _pixels(data / p) for p in full.paths}
+    for m, emb in ((metrics, _embeddings(ckpt, data, tmp_path / "e.npz")),
+                   (metrics["baselines"]["pixels"], pixels)):
+        d = _distances(emb, full, pairs.idx1, pairs.idx2)
+        accuracy = brute_kfold(d, pairs.issame, pairs.fold)
+        ver = m["verification"]
+        assert ver["n_pairs"] == 80 and ver["protocol"] == "k-fold" and "threshold" in ver
+        assert ver["accuracy"] == pytest.approx(np.mean(accuracy), abs=1e-6)
+        assert ver["accuracy_std"] == pytest.approx(np.std(accuracy), abs=1e-6)
+        assert ver["auc"] == pytest.approx(roc_auc_score(pairs.issame, -d), abs=1e-6)
+        assert set(m["retrieval"]["recall_at_k"]) == {"1", "2", "4", "8", "16"}
 
     run_cli("export", "--model", ckpt, "--out", tmp_path / "m.pt")
     sidecar = json.loads((tmp_path / "m.pt.json").read_text())
@@ -133,14 +157,28 @@ def test_eval_scores_an_embeddings_file(tiny_run, tmp_path):
         (["synth", "--out", "/proc/x", "--identities", "0"], "identities"),
     ],
 )
-def test_user_errors_are_one_line_with_exit_code_2(args, message):
+def test_user_errors_are_one_line_with_exit_code_2(args, message, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # train's default --out is ./runs/default
     proc = run_cli(*args, ok=False)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_empty_dataset_and_non_image_files(tmp_path):
+def test_python_m_facetrip_is_the_command_in_a_process_of_its_own(tmp_path):
+    # the process boundary itself: the exit code the shell sees, nothing else on stderr (no
+    # warning printed while importing), and a completed command's output
+    proc = run_cli_process("train", "--set", "model.embeding_dim=3", ok=False)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: unknown config key 'model.embeding_dim'"), proc.stderr
+    done = run_cli_process("synth", tmp_path / "d", "--identities", 2,
+                           "--images-per-identity", 1, "--size", 16, "--workers", 1)
+    assert done.stdout == f"wrote 2 images of 2 identities to {tmp_path / 'd'}\n"
+
+
+def test_empty_dataset_and_non_image_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # train's default --out is ./runs/default
     (tmp_path / "empty").mkdir()
     proc = run_cli("train", "--set", f"data.root={tmp_path / 'empty'}", ok=False)
     assert proc.returncode == 2 and "no identities found" in proc.stderr
@@ -163,11 +201,34 @@ def _view1(path, ids):
     return path
 
 
-def _best_threshold(d, same):
-    """Brute force: the smallest cut between sorted distances with the best accuracy."""
-    candidates = sorted(set(d.tolist()))
-    cuts = [-np.inf] + [(a + b) / 2 for a, b in zip(candidates, candidates[1:])] + [np.inf]
-    return max(cuts, key=lambda t: (np.mean((d < t) == same), -t))
+def _validation_pairs(data):
+    """The run's held-out identities (the split of its config) and its validation pairs."""
+    cfg = load_config(None, TINY + [f"data.root={data}"])
+    _, _, val = split_for_training(scan_identity_folder(data), cfg)
+    return val, generate_pairs(val.labels, n_folds=cfg.eval.folds,
+                               pairs_per_fold=cfg.eval.pairs_per_fold, seed=cfg.seed)
+
+
+def _embeddings(ckpt, data, npz_path) -> dict[str, np.ndarray]:
+    """``{relative path: embedding}`` of every image of ``data`` (``facetrip embed``, reusing
+    ``npz_path`` when it is there already)."""
+    if not npz_path.is_file():
+        run_cli("embed", data, "--model", ckpt, "--out", npz_path, "--device", "cpu")
+    npz = np.load(npz_path)
+    return {str(p): e for p, e in zip(npz["paths"], npz["embeddings"])}
+
+
+def _pixels(path) -> np.ndarray:
+    """The raw-pixel baseline of one image by hand: flattened, standardised, unit length."""
+    x = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64).ravel()
+    x = (x - x.mean()) / x.std(ddof=1)
+    return x / np.linalg.norm(x)
+
+
+def _distances(emb, index, a, b) -> np.ndarray:
+    """Euclidean distances of the pairs ``(a[i], b[i])`` of ``index``'s images."""
+    return np.array([np.linalg.norm(emb[index.paths[i]] - emb[index.paths[j]])
+                     for i, j in zip(a, b)])
 
 
 def test_eval_calibrates_on_the_runs_held_out_identities(tiny_run, tmp_path):
@@ -182,19 +243,12 @@ def test_eval_calibrates_on_the_runs_held_out_identities(tiny_run, tmp_path):
     # best threshold on them, applied to the drawn pairs
     cfg = load_config(None, TINY + [f"data.root={data}"])
     full = scan_identity_folder(data)
-    _, _, val = split_for_training(full, cfg)
-    val_pairs = generate_pairs(val.labels, n_folds=2, pairs_per_fold=10, seed=cfg.seed)
-    run_cli("embed", data, "--model", ckpt, "--out", tmp_path / "e.npz", "--device", "cpu")
-    npz = np.load(tmp_path / "e.npz")
-    emb = {str(p): e for p, e in zip(npz["paths"], npz["embeddings"])}
-
-    def distances(index, a, b):
-        return np.array([np.linalg.norm(emb[index.paths[i]] - emb[index.paths[j]])
-                         for i, j in zip(a, b)])
-
-    best = _best_threshold(distances(val, val_pairs.idx1, val_pairs.idx2), val_pairs.issame)
+    val, val_pairs = _validation_pairs(data)
+    emb = _embeddings(ckpt, data, tmp_path / "e.npz")
+    best = brute_best_threshold(_distances(emb, val, val_pairs.idx1, val_pairs.idx2),
+                           val_pairs.issame)
     test = generate_pairs(full.labels, n_folds=2, pairs_per_fold=20, seed=0)
-    d_test = distances(full, test.idx1, test.idx2)
+    d_test = _distances(emb, full, test.idx1, test.idx2)
     assert ver["protocol"] == "calibrated" and ver["calibration"]["n_pairs"] == 20
     assert ver["accuracy"] == pytest.approx(np.mean((d_test < best) == test.issame), abs=1e-6)
     assert ver["calibration"]["n_pairs"] == load_checkpoint(ckpt)["val"]["n_pairs"]
@@ -246,17 +300,23 @@ def test_eval_calibrates_on_other_pairs_and_flags_in_sample_scores(tiny_run, tmp
 
     same = np.repeat([True, False], 4)
     d_cal, d_test = distances(cal), distances(test)
-    best = _best_threshold(d_cal, same)
+    best = brute_best_threshold(d_cal, same)
     assert ver["accuracy"] == pytest.approx(np.mean((d_test < best) == same), abs=1e-6)
     assert set(m["baselines"]) == {"pixels", "eigenfaces"}
-    assert m["options"]["eigenfaces_fit"]["identities"] > 0
+    # eigenfaces fitted on the run's training split (its config's, of its data.root)
+    _, trained_on, _ = split_for_training(scan_identity_folder(data), load_config(
+        None, TINY + [f"data.root={data}"]))
+    fit = m["options"]["eigenfaces_fit"]
+    assert (fit["root"], fit["identities"], fit["images"]) == (str(data), 12, 60)
+    assert len(trained_on.classes) == 12 and len(trained_on) == 60
     assert m["pair_identities"] == {"identities": 8, "seen_in_training": 8}
     also = m["also"][str(test)]
     assert also["verification"]["protocol"] == "in-sample"
     assert set(also["baselines"]) == {"pixels", "eigenfaces"}
     assert "IN-SAMPLE" in out.stdout and "OVERLAP: 8 of the 8 people" in out.stdout
-    trained = m["calibration_identities"]["seen_in_training"]  # trained on, not validated
-    assert 0 < trained <= 8 and f"OVERLAP (calibration): {trained} of the 8 people" in out.stdout
+    trained = len(set(ids[:8]) & set(trained_on.classes))  # trained on, not validated
+    assert 0 < trained < 8 and m["calibration_identities"]["seen_in_training"] == trained
+    assert f"OVERLAP (calibration): {trained} of the 8 people" in out.stdout
     assert "thresholds chosen on 8 calibration pairs" in out.stdout
     report = (tmp_path / "ev" / "report.html").read_text()
     assert "IN-SAMPLE" in report and "Also scored" in report

@@ -32,9 +32,14 @@ def random_checkpoint(path: Path, *overrides: str, dim: int = 8, seed: int = 0,
     return save_checkpoint(ckpt, path)
 
 
-#: the short run: 40 synthetic identities x 8 images of 32 px, 6 epochs (~20-30 s on 2 cores)
+#: the short run: 40 synthetic identities x 8 images of 32 px, 4 epochs of 10 steps with a short
+#: warm-up (~8 s on 2 idle cores). On the 10 held-out identities: verification accuracy 0.76
+#: (0.80 on one thread), recall@1 0.48 (0.60), where the 6 epochs of 1-epoch warm-up it replaces
+#: reached 0.725 (0.705) and 0.50 (0.58): a margin over what test_verify and test_gallery assert
+#: (0.7, 0.3) at two thirds of the steps. Every deploy test shares this one run.
 TRAIN = ["data.image_size=32", "data.val_fraction=0", "sampler.p=8", "sampler.k=4",
-         "model.embedding_dim=32", "train.device=cpu", "train.epochs=6", "data.workers=0",
+         "model.embedding_dim=32", "train.device=cpu", "train.epochs=4",
+         "optim.warmup_epochs=0.3", "data.workers=0",
          "loss.mining=batch_all", "optim.lr=0.002"]
 
 

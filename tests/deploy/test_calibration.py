@@ -167,3 +167,12 @@ def test_thresholds_chosen_on_other_pairs_travel_into_the_calibration(run, tmp_p
                         points["best_accuracy"]["threshold"], abs_tol=1e-5)
     assert c["best_accuracy"]["accuracy"] == points["best_accuracy"]["accuracy"]
     assert choose_threshold(c)[1].startswith(f"best accuracy on {other}, ")
+
+
+def test_an_eval_of_bin_sets_only_cannot_calibrate_and_says_why(tmp_path):
+    from facetrip.deploy.calibration import read_eval_metrics
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"bins": {"lfw": {"accuracy": 0.9}}, "checkpoint": "c.pt"}))
+    with pytest.raises(UserError, match="scores only .bin sets"):
+        read_eval_metrics(path)

@@ -257,7 +257,7 @@ def pml_loss(
     emb: torch.Tensor, labels: torch.Tensor, mining_mode: str, margin: float, normalize: bool
 ) -> torch.Tensor:
     """pytorch-metric-learning's equivalent; ``normalize`` is pml's default L2 distance."""
-    pml = pytest.importorskip("pytorch_metric_learning")
+    pytest.importorskip("pytorch_metric_learning")
     from pytorch_metric_learning import distances, losses, miners, reducers
 
     dist = distances.LpDistance(normalize_embeddings=normalize)
@@ -268,7 +268,6 @@ def pml_loss(
     if mining_mode == "batch_hard":
         loss = losses.TripletMarginLoss(margin, distance=dist, reducer=reducers.MeanReducer())
         return loss(emb, labels, miners.BatchHardMiner(distance=dist)(emb, labels))
-    assert pml is not None
     return losses.TripletMarginLoss(margin, distance=dist)(emb, labels)
 
 

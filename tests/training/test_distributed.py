@@ -21,7 +21,7 @@ from facetrip.loss.classifier import IdentityClassifier, JointLoss
 from facetrip.loss.memory import CrossBatchMemory, MemoryTripletLoss
 from facetrip.synth import synthesize
 from facetrip.training.checkpoint import load_checkpoint
-from tests.conftest import TINY_RUN, as_sets, run_cli
+from tests.conftest import TINY_RUN, as_sets, run_cli_process
 
 MODES = [("semihard", 0.2), ("semihard_all", 0.2), ("batch_hard", 0.2), ("batch_all", 0.2),
          ("all", 0.2), ("batch_hard", None), ("batch_all", None)]
@@ -155,7 +155,7 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path)
     sets = as_sets([f"data.root={tmp_path / 'data'}", *TINY_RUN, "sampler.p=4",
                     "sampler.batches_per_epoch=4", "train.epochs=3", "data.workers=0",
                     "train.checkpoint_every=2"])
-    run_cli("train", *sets, "--nproc", 2, "--out", tmp_path / "ref", timeout=600)
+    run_cli_process("train", *sets, "--nproc", 2, "--out", tmp_path / "ref", timeout=600)
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "facetrip", "train", *sets, "--nproc", "2",
                              "--out", str(out)], stdout=subprocess.DEVNULL,
@@ -167,9 +167,28 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path)
     proc.wait(timeout=60)
     newest = load_checkpoint(out / "last.pt")
     assert 6 <= newest["step"] < 12 and "rng_ranks" in newest
-    resumed = run_cli("train", *sets, "--nproc", 2, "--out", out, "--resume", timeout=600)
+    resumed = run_cli_process("train", *sets, "--nproc", 2, "--out", out, "--resume",
+                              timeout=600)
     assert "resuming" in resumed.stdout
     a, b = load_checkpoint(out / "last.pt"), load_checkpoint(tmp_path / "ref" / "last.pt")
     assert a["step"] == b["step"] == 12
     for key, value in b["model"].items():
         assert torch.equal(a["model"][key], value), key
+
+
+@pytest.mark.slow
+def test_two_processes_shard_a_rec_as_they_shard_its_folder(tmp_path):
+    from facetrip.data.recordio import pack_identity_folder
+
+    synthesize(tmp_path / "data", identities=8, images_per_identity=4, size=24, seed=6,
+               workers=1)
+    rec = pack_identity_folder(tmp_path / "data", tmp_path / "rec" / "train.rec").rec
+    for name, root in (("folder", tmp_path / "data"), ("rec", rec)):
+        sets = as_sets([f"data.root={root}", *TINY_RUN, "sampler.p=4",
+                        "sampler.batches_per_epoch=3", "data.workers=1"])
+        out = run_cli_process("train", *sets, "--nproc", 2, "--out", tmp_path / name, timeout=600)
+        assert "train: 32 images of 8 identities" in out.stdout
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("folder", "rec"))
+    assert a["step"] == b["step"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(b["model"][key], value), key

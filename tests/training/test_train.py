@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from facetrip.config import changed_keys, load_config, resume_config
@@ -171,3 +172,109 @@ def test_the_cli_exits_3_and_never_says_done_for_a_diverged_run(faces, tmp_path,
     assert err.strip().splitlines()[-1] == (
         "error: the weights are not finite after the update of step 1 (learning rate 1e+30): "
         "the run diverged; lower optim.lr or set train.grad_clip; no checkpoint was written")
+
+
+def test_the_weight_average_follows_its_definition_and_best_pt_holds_it(faces, tmp_path,
+                                                                          tiny_config):
+    cfg = tiny_config(faces, "sampler.batches_per_epoch=3", "train.epochs=1", "data.workers=0",
+                      "train.ema=0.5", "train.checkpoint_every=1", "train.keep_checkpoints=5")
+    train(cfg, tmp_path / "run")
+    saved = [load_checkpoint(tmp_path / "run" / "checkpoints" / f"step-{s:09d}.pt")
+             for s in (1, 2, 3)]
+    name = "embed.weight"
+    raw = [c["model"][name] for c in saved]
+    want = raw[0]  # the first update copies the weights, each later one moves halfway
+    for w in raw[1:]:
+        want = 0.5 * want + 0.5 * w
+    torch.testing.assert_close(saved[-1]["ema"][f"module.{name}"], want, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(want, raw[-1])  # an average that differs from the last weights
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert "ema" not in best
+    for key, value in best["model"].items():
+        assert torch.equal(value, saved[-1]["ema"][f"module.{key}"]), key
+
+
+# --------------------------------------------------------------------------- the field's formats
+
+
+def test_train_sees_exactly_the_identities_and_images_of_another_writers_rec(
+        tmp_path, tiny_config, monkeypatch, capfd):
+    from tests.cli.test_vocabulary import run_main
+    from tests.data.encoded import insightface_set
+
+    (tmp_path / "ms1m").mkdir()
+    rec, images = insightface_set(tmp_path / "ms1m" / "train.rec", min_images=2)
+    cfg = tiny_config(rec, "sampler.batches_per_epoch=2", "data.workers=1")
+    run = prepare_run(cfg, tmp_path / "lib")
+    assert run.data.index.classes == [str(i) for i in range(200)]
+    assert sorted(map(int, run.data.index.paths)) == sorted(images)
+    assert run.data.index.skipped == [] and run.data.train_images == len(images)
+    code, out, err = run_main(monkeypatch, capfd, "train", "--out", tmp_path / "cli",
+                              *as_sets([f"data.root={rec}", *TINY_RUN, "data.workers=1",
+                                        "sampler.batches_per_epoch=2"]))
+    assert code == 0, err
+    assert f"train: {len(images)} images of 200 identities; no validation split" in out
+
+
+def test_training_from_a_packed_rec_is_training_from_its_folder(tmp_path, tiny_config):
+    from facetrip.data.recordio import pack_identity_folder
+    from facetrip.synth import synthesize
+
+    synthesize(tmp_path / "faces", identities=10, images_per_identity=4, size=24, seed=3,
+               workers=1)
+    rec = pack_identity_folder(tmp_path / "faces", tmp_path / "rec" / "train.rec").rec
+    runs = {}
+    for name, root in (("folder", tmp_path / "faces"), ("rec", rec)):
+        cfg = tiny_config(root, "sampler.batches_per_epoch=3", "data.workers=1",
+                          "data.val_fraction=0.4", "eval.folds=2", "eval.pairs_per_fold=4")
+        runs[name] = (train(cfg, tmp_path / name), load_checkpoint(tmp_path / name / "last.pt"))
+    (folder, a), (packed, b) = runs["folder"], runs["rec"]
+    assert folder.last_val == packed.last_val and folder.last_val is not None
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_val_bins_are_scored_every_epoch_and_best_follows_their_mean(tmp_path, faces,
+                                                                      tiny_config):
+    from tests.data.encoded import encoded_image, write_bin
+
+    images = [encoded_image(i, "PNG", 24) for i in range(24)]
+    sets = [write_bin(tmp_path / f"{name}.bin", (images[i::1], [j % 2 == 0 for j in range(12)]))
+            for i, name in enumerate(["lfw", "cfp_fp"])]
+    sets[1] = write_bin(sets[1], (images[::-1], [j % 3 == 0 for j in range(12)]))
+    bins = f"train.val_bins=[{sets[0]}, {sets[1]}]"
+    with pytest.raises(UserError, match="train.best_metric=bins needs train.val_bins"):
+        tiny_config(faces, "train.best_metric=bins")
+    cfg = tiny_config(faces, bins, "train.best_metric=bins", "train.epochs=3",
+                      "data.workers=0", "sampler.batches_per_epoch=1", "optim.lr=0.05")
+    heard = []
+
+    class Hooks(TrainHooks):
+        def bins_scored(self, epoch, scores):
+            heard.append((epoch, scores))
+
+    result = train(cfg, tmp_path / "run", hooks=Hooks())
+    rows = read_run_log(tmp_path / "run" / "metrics.jsonl").epochs
+    assert [sorted(r["bins"]) for r in rows] == [["cfp_fp", "lfw"]] * 3
+    assert all(r["bins"]["lfw"]["folds"] == 10 and r["bins"]["lfw"]["n_pairs"] == 12
+               for r in rows)
+    means = [np.mean([b["accuracy"] for b in r["bins"].values()]) for r in rows]
+    assert result.best_epoch == int(np.argmax(means)) and result.best_accuracy == max(means)
+    assert [e for e, _ in heard] == [0, 1, 2]
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == result.best_epoch + 1
+
+
+def test_a_refused_run_leaves_no_run_directory_and_rows_are_readable_at_once(
+        faces, tmp_path, tiny_config):
+    with pytest.raises(UserError, match="dataset directory not found"):
+        train(tiny_config(tmp_path / "absent"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    rows = []
+
+    class Tail(TrainHooks):
+        def step(self, log):  # what a reader of metrics.jsonl sees right after each step
+            rows.append(len(read_run_log(tmp_path / "run" / "metrics.jsonl").steps))
+
+    train(tiny_config(faces, "sampler.batches_per_epoch=3", "data.workers=0"), tmp_path / "run",
+          hooks=Tail())
+    assert rows == [1, 2, 3]
