@@ -252,7 +252,8 @@ def _program_embedder(path: Path, meta: dict) -> Embedder:
     from facetrip.deploy.export_program import load_program
 
     module = load_program(path)
-    loader = SourceSizeLoader(*meta["export"]["input_shape"][2:], kind="torch.export")
+    loader = SourceSizeLoader(*meta["export"]["input_shape"][2:], kind="torch.export",
+                              align=Preprocessing.from_fields(meta).crop.align)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         return module(images.cpu())

@@ -73,7 +73,7 @@ def test_a_pasted_face_verifies_like_the_original(aligned_model, lfw, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suffix", [".pt", ".onnx", ".safetensors"])
+@pytest.mark.parametrize("suffix", [".pt", ".onnx", ".safetensors", ".pt2"])
 def test_every_export_carries_the_alignment(aligned_model, lfw, tmp_path, suffix):
     from facetrip.deploy.embedder import load_embedder
     from facetrip.deploy.export import export_model
