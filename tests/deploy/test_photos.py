@@ -99,3 +99,26 @@ def test_a_frame_without_a_face_is_one_line(aligned_model, lfw, tmp_path):
                    aligned_model, "--threshold", "1", ok=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {wall}: no face"]
+
+
+@pytest.mark.slow
+def test_identify_stops_and_embed_and_enroll_list_a_photo_without_a_face(aligned_model, lfw,
+                                                                          tmp_path):
+    people = tmp_path / "people"
+    for person in ("Abdullah_Gul", "Adam_Sandler"):
+        (people / person).mkdir(parents=True)
+        for path in sorted((lfw / person).glob("*.jpg"))[2:4]:
+            (people / person / path.name).symlink_to(path)
+    wall = people / "Adam_Sandler" / "wall.jpg"
+    cluttered_frame(lfw / "Abdullah_Gul" / "Abdullah_Gul_0001.jpg", 0.1, 0, 0, 7).save(wall)
+    enrolled = run_cli("enroll", people, "--model", aligned_model, "--out",
+                       tmp_path / "g.npz", "--workers", "0")
+    assert "Adam_Sandler/wall.jpg (no face)" in enrolled.stderr
+    embedded = run_cli("embed", people, "--model", aligned_model, "--out", tmp_path / "e.npz",
+                       "--workers", "0")
+    assert "wrote 4 embeddings" in embedded.stdout and "(no face)" in embedded.stderr
+    assert "Adam_Sandler/wall.jpg\tno face" in (tmp_path / "e.npz.skipped.txt").read_text()
+    proc = run_cli("identify", wall, "--gallery", tmp_path / "g.npz", "--threshold", "1",
+                   ok=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {wall}: no face"]
