@@ -177,7 +177,8 @@ def _write_reports(dst: Path, rows: dict[str, dict], skipped: list[tuple[str, st
     os.sync()
     lines = [json.dumps(rows[s], separators=(", ", ": ")) + "\n" for s in sorted(rows)]
     atomic_write(dst / ROWS_NAME, "".join(lines))
-    atomic_write(dst / SKIPPED_NAME, "".join(f"{s}\t{r}\n" for s, r in sorted(skipped)))
+    atomic_write(dst / SKIPPED_NAME, "".join(f"{reason}\t{display_path(source)}\n"
+                                             for source, reason in sorted(skipped)))
 
 
 def align_folder(src: str | Path, dst: str | Path, spec: AlignSpec = AlignSpec(),

@@ -34,8 +34,9 @@ def test_rows_skips_and_crops(lfw_photos, tmp_path):
     assert sum(seen) == 7
     assert summary.skip_summary() == "skipped 2: 1 no face, 1 not an image"
     person = sorted(p.name for p in lfw_photos.iterdir())[0]
-    assert (out / "skipped.txt").read_text() == (f"{person}/broken.jpg\tnot an image\n"
-                                                 f"{person}/wall.jpg\tno face\n")
+    # reason, tab, path: the format of every facetrip skip list (runs, embed)
+    assert (out / "skipped.txt").read_text() == (f"not an image\t{person}/broken.jpg\n"
+                                                 f"no face\t{person}/wall.jpg\n")
     rows = [json.loads(line) for line in (out / "align.jsonl").read_text().splitlines()]
     assert [r["source"] for r in rows] == sorted(str(p.relative_to(lfw_photos))
                                                  for p in lfw_photos.rglob("*_0*.jpg"))
