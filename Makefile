@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 DEMO   := runs/demo
 
-.PHONY: install demo lfw test lint bench bench-mining bench-eval bench-data bench-distributed bench-gpu soak clean
+.PHONY: install demo lfw test lint bench bench-mining bench-eval bench-data bench-distributed bench-gpu bench-align soak clean
 
 install: $(STAMP)
 
@@ -76,6 +76,14 @@ bench-gpu: install
 # (LFW from ../shared/data/lfw, else synthetic 250 px JPEGs; ~2 min on 2 CPUs)
 bench-embed: install
 	$(BIN)/python scripts/bench_embed.py --out bench_results/embed.json
+
+# facetrip align (end to end, a fresh process) vs MTCNN alone on the same decoded images, both
+# in one process per core; plus the re-detected landmarks' distance to the template
+# (all 13,233 LFW images from ../shared/data/lfw, ~8 min on 2 CPUs; LIMIT=3000: ~2 min, where
+# start-up weighs more)
+LIMIT ?= 0
+bench-align: install
+	$(BIN)/python scripts/bench_align.py --data $(LFW) --limit $(LIMIT) --out bench_results/align.json
 
 # kill -9 a short synthetic run at 20 random points, resume each, check bit-identity (~5 min)
 soak: install

@@ -1,14 +1,15 @@
 """facetrip: triplet-loss face embeddings, end to end.
 
 The command line, in workflow order: ``synth`` (procedural faces), ``cache`` (decode once),
-``train``, ``eval`` (LFW protocols, baselines, report), ``export`` (TorchScript, ONNX,
-safetensors, with a calibrated sidecar), ``embed``, ``verify`` (same person?), ``enroll`` and
-``identify`` (who is this?). ``facetrip --help`` and each command's ``--help`` say more.
+``align`` (photos -> aligned face crops), ``train``, ``eval`` (LFW protocols, baselines,
+report), ``export`` (TorchScript, ONNX, safetensors, with a calibrated sidecar), ``embed``,
+``verify`` (same person?), ``enroll`` and ``identify`` (who is this?). ``facetrip --help``
+and each command's ``--help`` say more.
 
 In Python, ``facetrip.load_model(path)`` rebuilds the network of a safetensors export (or a
 checkpoint); ``facetrip.load_embedder(path)`` opens any model file facetrip makes for embedding
-images.
-Both import torch on first use, not on ``import facetrip``.
+images; ``facetrip.align(images)`` returns aligned face crops (the ``align`` extra).
+All import torch on first use, not on ``import facetrip``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 from facetrip.version import __version__
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from facetrip.deploy.embedder import Embedder
     from facetrip.model import EmbeddingNet
 
-__all__ = ["__version__", "load_embedder", "load_model"]
+__all__ = ["__version__", "align", "load_embedder", "load_model"]
 
 
 def load_model(path: str | Path, device: Any = "cpu") -> EmbeddingNet:
@@ -41,3 +44,16 @@ def load_embedder(path: str | Path, device: Any = "cpu") -> Embedder:
     from facetrip.deploy.embedder import load_embedder as _load_embedder
 
     return _load_embedder(path, device)
+
+
+def align(images: Any, size: int = 112, face: str = "largest", min_face: float = 0.1
+          ) -> list[np.ndarray | None]:
+    """Aligned face crops of ``images`` (a list of paths, PIL images, (H, W, 3) uint8 arrays or
+    (3, H, W) uint8 tensors): one (size, size, 3) uint8 RGB array per image, the face warped
+    onto the five-point 112 x 112 template scaled to ``size``; ``None`` where no face was
+    found. ``face``: which one when there are several (``largest`` or ``center``). See
+    :func:`facetrip.data.align.align`."""
+    from facetrip.alignment.crop import AlignSpec
+    from facetrip.data.align import align as _align
+
+    return _align(images, AlignSpec(size=size, face=face, min_face=min_face))

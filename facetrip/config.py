@@ -37,6 +37,10 @@ class DataConfig:
     #: ``[left, top, right, bottom]`` as fractions of width/height; replaces the centre crop
     crop_box: list[float] | None = None
     grayscale: bool = False  #: convert to grey (kept as 3 identical channels)
+    #: ``mtcnn``: detect the face in each photo and warp it onto the five-point template
+    #: (while building ``data.cache``, which it needs) before the crop and resize above
+    align: Literal["mtcnn"] | None = None
+    align_size: int = 112  #: side of the aligned crop (the 112-pixel template scaled to it)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     #: flip, random resized crop (80-100% area), colour jitter, random erasing (per batch)
@@ -264,6 +268,10 @@ def _validate(cfg: Config) -> None:
          "data.crop_box must be [left, top, right, bottom] fractions with "
          "0 <= left < right <= 1 and 0 <= top < bottom <= 1"),
         (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (cfg.data.align_size >= 16, "data.align_size must be >= 16"),
+        (cfg.data.align is None or cfg.data.cache is not None,
+         "data.align needs data.cache (the detector then runs once per photo, while the cache "
+         "is built, instead of on every image of every epoch)"),
         (len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean/std need 3 values"),
         (all(s > 0 for s in cfg.data.std), "data.std values must be > 0"),
         (cfg.data.workers is None or cfg.data.workers >= 0, "data.workers must be >= 0 or null"),

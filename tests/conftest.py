@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +91,28 @@ def run_cli_process(*args, ok: bool = True, timeout: float = 300) -> subprocess.
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+LFW = Path(os.environ.get("FACETRIP_LFW",
+                          Path(__file__).resolve().parents[2] / "shared/data/lfw"))
+#: LFW identity folders with a few clear images each (the alignment tests)
+PEOPLE = ("AJ_Cook", "Aaron_Peirsol", "Abdullah_Gul")
+
+
+@pytest.fixture(scope="session")
+def lfw() -> Path:
+    """The LFW folder (skips where it is absent; CI has it)."""
+    if not (LFW / "AJ_Cook").is_dir():
+        pytest.skip(f"LFW not found at {LFW} (set FACETRIP_LFW)")
+    return LFW
+
+
+@pytest.fixture
+def lfw_photos(lfw: Path, tmp_path: Path) -> Path:
+    """An identity-folder tree of 5 LFW photos (links, not copies): 1 + 2 + 2 images."""
+    root = tmp_path / "photos"
+    for person, n in zip(PEOPLE, (1, 2, 2)):
+        (root / person).mkdir(parents=True)
+        for path in sorted((lfw / person).glob("*.jpg"))[:n]:
+            (root / person / path.name).symlink_to(path)
+    return root

@@ -53,3 +53,13 @@ def test_the_lock_orders_threads(tmp_path):
     for t in threads:
         t.join(10)
     assert order in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+
+
+def test_a_write_that_is_not_durable_skips_only_the_fsyncs(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    atomic_write(tmp_path / "a.bin", b"xyz", durable=False)
+    assert (tmp_path / "a.bin").read_bytes() == b"xyz" and calls == []
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary left
+    atomic_write(tmp_path / "a.bin", b"new")
+    assert len(calls) == 2 and (tmp_path / "a.bin").read_bytes() == b"new"  # file + directory

@@ -1,6 +1,6 @@
 """The ``facetrip`` command line: parse arguments, call the library, print the results.
 
-One module per command group (:mod:`~facetrip.cli.data`: synth, cache;
+One module per command group (:mod:`~facetrip.cli.data`: synth, cache; :mod:`~facetrip.cli.align`;
 :mod:`~facetrip.cli.train`; :mod:`~facetrip.cli.evaluate`: eval; :mod:`~facetrip.cli.deploy`:
 embed, export; :mod:`~facetrip.cli.recognize`: verify, enroll, identify;
 :mod:`~facetrip.cli.pack`: pack), listed in
@@ -14,6 +14,7 @@ import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facetrip.cli import (  # noqa: F401  (register the commands)
+    align,
     data,
     deploy,
     evaluate,

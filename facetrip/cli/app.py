@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -29,6 +29,12 @@ MODEL_HELP = ("Model: a checkpoint (.pt) from facetrip train, or a file from fac
 BATCH_SIZE_HELP = "Images per batch."
 WORKERS_HELP = "Decoding worker processes (default: CPU cores - 1, 1 to 8; 0 = in-process)."
 DEVICE_HELP = "auto, cpu or cuda."
+#: ``--align/--no-align`` of every command that embeds images (None: as the model records)
+Align = Annotated[bool | None, typer.Option(
+    "--align/--no-align", show_default=False,
+    help="Detect and align each face (default: when the model was trained on aligned crops; "
+         "--no-align: the inputs are aligned crops already; --align: align for a model that "
+         "does not record it).")]
 
 
 class _LevelFormatter(logging.Formatter):

@@ -13,6 +13,7 @@ from facetrip.cli.app import (
     DEVICE_HELP,
     MODEL_HELP,
     WORKERS_HELP,
+    Align,
     app,
     check_batch_size,
     default_workers,
@@ -22,7 +23,8 @@ from facetrip.cli.app import device as _device
 from facetrip.errors import UserError
 
 FACE_CROPS = ("Inputs are face crops like the training data (the model's own crop, resize and "
-              "normalisation are applied); it does not detect faces.")
+              "normalisation are applied); a model trained on aligned crops detects and "
+              "aligns each face itself (--no-align for inputs already aligned).")
 FORMAT_HELP = "Format of --out (default from its suffix): "
 
 #: ``--checkpoint``, the old name of ``--model`` (hidden; a deprecation line when used)
@@ -125,6 +127,7 @@ def embed(
     batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 256,
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    align: Align = None,
     checkpoint: OldCheckpoint = None,
 ) -> None:
     from facetrip.deploy.embed_folder import embed_folder, list_images
@@ -132,7 +135,7 @@ def embed(
 
     model = model_option(model, checkpoint)
     batch_size, workers = check_batch_size(batch_size), default_workers(workers)
-    embedder = load_embedder(model, _device(device))
+    embedder = load_embedder(model, _device(device)).for_images(data, align)
     paths = list_images(data)
     with tqdm(total=len(paths), desc="embed", unit="img", delay=0.5) as bar:
         result = embed_folder(embedder, data, out, batch_size, workers, progress=bar.update,

@@ -14,6 +14,7 @@ from facetrip.cli.app import (
     BATCH_SIZE_HELP,
     DEVICE_HELP,
     WORKERS_HELP,
+    Align,
     app,
     check_batch_size,
     default_workers,
@@ -89,6 +90,7 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 256,
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    align: Align = None,
     checkpoint: Hidden = None,
     data_option: Annotated[Path | None, typer.Option("--data", hidden=True)] = None,
     metric: Annotated[str | None, typer.Option(hidden=True)] = None,
@@ -115,7 +117,7 @@ def eval_(
         tuple(dict.fromkeys(split_list(baseline))), baseline_fit, cache,
         _device(device) if embeddings is None else "cpu",
         Loading(check_batch_size(batch_size), default_workers(workers)),
-        tuple(Path(b) for b in split_list(bin_sets)))
+        tuple(Path(b) for b in split_list(bin_sets)), align)
     request.check()
     with tqdm(desc="embed", unit="img", delay=0.5, disable=embeddings is not None) as bar:
         result = evaluate(request, progress=bar.update)

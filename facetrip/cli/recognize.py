@@ -14,6 +14,7 @@ from facetrip.cli.app import (
     DEVICE_HELP,
     MODEL_HELP,
     WORKERS_HELP,
+    Align,
     app,
     check_batch_size,
     default_workers,
@@ -42,11 +43,12 @@ def verify(
     threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    align: Align = None,
 ) -> None:
     from facetrip.deploy.embedder import load_embedder
     from facetrip.deploy.verify import verify as verify_pair
 
-    verdict = verify_pair(load_embedder(model, _device(device)), image_a, image_b, far,
+    verdict = verify_pair(load_embedder(model, _device(device), align), image_a, image_b, far,
                           threshold)
     if json_:
         typer.echo(json.dumps({"image_a": str(image_a), "image_b": str(image_b),
@@ -72,13 +74,14 @@ def enroll(
     batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 256,
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    align: Align = None,
 ) -> None:
     from facetrip.data.index import scan_identity_folder
     from facetrip.deploy.embedder import load_embedder
     from facetrip.deploy.gallery import enroll as enroll_gallery
 
     batch_size, workers = check_batch_size(batch_size), default_workers(workers)
-    embedder = load_embedder(model, _device(device))
+    embedder = load_embedder(model, _device(device)).for_images(data, align)
     total = len(scan_identity_folder(data, validate=False))
     with tqdm(total=total, desc="enroll", unit="img", delay=0.5) as bar:
         result = enroll_gallery(embedder, data, out, batch_size, workers, progress=bar.update)
@@ -117,6 +120,7 @@ def identify(
                        "or without a threshold), known (null without a threshold), threshold, "
                        "threshold_source, metric, matches.")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    align: Align = None,
 ) -> None:
     from facetrip.deploy.embedder import load_embedder
     from facetrip.deploy.gallery import identify as identify_probes
@@ -125,7 +129,7 @@ def identify(
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
     g = load_gallery(gallery)
-    embedder = load_embedder(model or Path(g.meta["model"]), _device(device))
+    embedder = load_embedder(model or Path(g.meta["model"]), _device(device), align)
     answers = identify_probes(embedder, g, list(probes), top_k, by, far, threshold)
     for answer in answers:
         if json_:

@@ -94,13 +94,6 @@ class DecodedCache:
         return ", ".join(parts) or None
 
 
-def _spec_from_dict(d: dict) -> Preprocess:
-    box = d.get("crop_box")
-    return Preprocess(int(d["size"]), float(d["crop_fraction"]),
-                      tuple(float(v) for v in box) if box is not None else None,
-                      bool(d["grayscale"]))
-
-
 def open_cache(path: str | Path, root: str | Path | None = None) -> DecodedCache:
     """Open the cache directory ``path`` (no staleness check; see :func:`load_or_build_cache`).
 
@@ -115,7 +108,7 @@ def open_cache(path: str | Path, root: str | Path | None = None) -> DecodedCache
         sources = [SourceFile(p, ident, int(size), int(mtime))
                    for p, ident, size, mtime in meta["sources"]]
         reasons = list(meta["reasons"])
-        spec = _spec_from_dict(meta["spec"])
+        spec = Preprocess.from_dict(meta["spec"])
         shape = tuple(meta["shape"])
         if len(sources) != len(reasons) or shape != (len(sources), 3, spec.size, spec.size):
             raise ValueError("inconsistent index")

@@ -40,7 +40,8 @@ _TORCHVISION_MODES = MappingProxyType({  # read-only: format -> modes torchvisio
 class ImageError(ValueError):
     """A file that cannot be used as an image. ``reason`` is the category for the skip report:
     ``not an image``, ``truncated``, ``too large``, ``too small``, ``unreadable`` or
-    ``broken link``; ``str(error)`` adds the detail."""
+    ``broken link`` (and ``no face`` when aligning: :mod:`facetrip.data.transforms`);
+    ``str(error)`` adds the detail."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

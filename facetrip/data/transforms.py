@@ -1,7 +1,8 @@
 """Image preprocessing in two stages.
 
-1. :class:`Preprocess` (per image, deterministic, cacheable): decode, crop the face (centre or
-   box crop), resize to the model input, optional greyscale -> ``uint8 (3, S, S)``. This is
+1. :class:`Preprocess` (per image, deterministic, cacheable): decode, optionally align the
+   face (detect, warp onto the five-point template: :mod:`facetrip.alignment`), crop (centre
+   or box crop), resize to the model input, optional greyscale -> ``uint8 (3, S, S)``. This is
    what the decoded cache stores.
 2. :class:`BatchAugment` (per batch, in the DataLoader worker, ``uint8`` in and out): random
    resized crop and flip (one ``grid_sample``), colour jitter and random erasing, vectorised
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,14 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as F
 
+from facetrip.alignment.crop import AlignSpec, align_tensors, folder_alignment
+from facetrip.alignment.detect import shared_detector
 from facetrip.config import DataConfig
 from facetrip.data.crop import crop_region
-from facetrip.data.decode import decode_bytes, decode_rgb
+from facetrip.data.decode import ImageError, decode_bytes, decode_rgb
+
+NO_FACE = "no face"
+"""The skip reason of a photo in which alignment found no face."""
 
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)
 """ITU-R 601 luma weights of R, G, B, as torchvision (the exported module reads them)."""
@@ -37,26 +43,42 @@ class Preprocess:
 
     ``crop_box = (left, top, right, bottom)`` in fractions of the image width/height selects a
     fixed face box; otherwise a square centre crop of ``crop_fraction`` of the shorter side.
+    With ``align``, the face is first detected and warped onto the five-point template
+    (``align.size`` square) and the crop applies to that aligned crop.
     """
 
     size: int
     crop_fraction: float = 1.0
     crop_box: tuple[float, float, float, float] | None = None
     grayscale: bool = False
+    align: AlignSpec | None = None
+
+    def with_align(self, align: AlignSpec | None) -> Preprocess:
+        """The same preprocessing with another alignment (``None``: the image as it is)."""
+        return replace(self, align=align)
 
     def region(self, width: int, height: int) -> tuple[int, int, int, int]:
         """``(top, left, crop_height, crop_width)`` in pixels of a ``width x height`` image."""
         return crop_region(height, width, self.crop_fraction, list(self.crop_box or []))
 
     def reduction(self, width: int, height: int) -> int:
-        """How many times larger than needed the crop of a ``width x height`` image is."""
+        """How many times larger than needed the crop of a ``width x height`` image is (1 when
+        aligning: where the face is, and so how large, is not known before detection)."""
+        if self.align is not None:
+            return 1
         _, _, h, w = self.region(width, height)
         return max(1, min(h, w) // self.size)
 
     def __call__(self, image: torch.Tensor | Image.Image) -> torch.Tensor:
-        """RGB image (PIL or ``uint8 (3, H, W)``) -> ``uint8 (3, size, size)``."""
+        """RGB image (PIL or ``uint8 (3, H, W)``) -> ``uint8 (3, size, size)``.
+
+        Raises:
+            ImageError: ``no face``, when aligning and the detector finds none.
+        """
         if isinstance(image, Image.Image):
             image = F.pil_to_tensor(image.convert("RGB"))
+        if self.align is not None:
+            image = self._aligned(image)
         top, left, h, w = self.region(image.shape[-1], image.shape[-2])
         x = image[..., top : top + h, left : left + w]
         if (h, w) != (self.size, self.size):
@@ -64,6 +86,13 @@ class Preprocess:
         if self.grayscale:
             x = F.rgb_to_grayscale(x, num_output_channels=3)
         return x.contiguous()
+
+    def _aligned(self, image: torch.Tensor) -> torch.Tensor:
+        spec = self.align
+        found = align_tensors([image], shared_detector(spec.method, spec.min_face), spec)[0]
+        if found.crop is None:
+            raise ImageError(NO_FACE)
+        return found.crop
 
     def load(self, path: str | Path) -> torch.Tensor:
         """Decode ``path`` (at reduced scale when it is far larger than needed) and preprocess:
@@ -78,14 +107,46 @@ class Preprocess:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["crop_box"] = list(self.crop_box) if self.crop_box is not None else None
+        d["align"] = self.align.to_dict() if self.align is not None else None
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        """What :meth:`to_dict` wrote (a decoded cache's index)."""
+        box = d.get("crop_box")
+        return cls(int(d["size"]), float(d["crop_fraction"]),
+                   tuple(float(v) for v in box) if box is not None else None,
+                   bool(d["grayscale"]), align_from_dict(d.get("align")))
+
+
+def choose_align(recorded: AlignSpec | None, align: bool | None) -> AlignSpec | None:
+    """The alignment to apply: as the model ``recorded`` it (``align`` None), none
+    (``False``: inputs already aligned), or forced (``True``: the recorded one, else the
+    default 112-pixel one); a forced one checks the detector is installed."""
+    if align is None:
+        return recorded
+    if not align:
+        return None
+    return recorded or align_from_dict(AlignSpec().to_dict())
+
+
+def align_from_dict(d: dict | None) -> AlignSpec | None:
+    """A recorded alignment (``None`` stays ``None``), its detector checked installed, so a
+    missing ``align`` extra is one line before any image is read."""
+    if d is None:
+        return None
+    spec = AlignSpec.from_dict(d)
+    shared_detector(spec.method, spec.min_face)
+    return spec
 
 
 def preprocess_from_config(data: DataConfig) -> Preprocess:
     """The deterministic per-image preprocessing of a run's ``data`` section (what the
     decoded cache stores)."""
     box = tuple(data.crop_box) if data.crop_box is not None else None
-    return Preprocess(data.image_size, data.crop_fraction, box, data.grayscale)
+    align = (align_from_dict(AlignSpec(data.align, data.align_size).to_dict())
+             if data.align else None)
+    return Preprocess(data.image_size, data.crop_fraction, box, data.grayscale, align)
 
 
 @dataclass(frozen=True)
@@ -101,8 +162,32 @@ class Preprocessing:
 
     @classmethod
     def from_config(cls, data: DataConfig) -> Preprocessing:
-        return cls(preprocess_from_config(data), tuple(float(v) for v in data.mean),
-                   tuple(float(v) for v in data.std))
+        """What a model trained with ``data`` expects of an input photo: its crop, and the
+        alignment of ``data.align`` or of the ``facetrip align`` folder it was trained on."""
+        crop = preprocess_from_config(data)
+        if crop.align is None and data.root:
+            crop = crop.with_align(folder_alignment(data.root))
+        return cls(crop, tuple(float(v) for v in data.mean), tuple(float(v) for v in data.std))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, data: DataConfig) -> Preprocessing:
+        """What checkpoint ``ckpt`` records (``preprocessing``), else what its config says."""
+        recorded = ckpt.get("preprocessing")
+        return cls.from_fields(recorded) if recorded else cls.from_config(data)
+
+    def for_images(self, root: str | Path | None) -> Preprocessing:
+        """For the images under ``root``: not aligned again when ``root`` is a
+        ``facetrip align`` output (its crops are aligned already)."""
+        if root is not None and folder_alignment(root) is not None:
+            return self.aligned(False)
+        return self
+
+    def aligned(self, align: bool | None) -> Preprocessing:
+        """As recorded (``None``), forced to align (``True``: the recorded alignment, else the
+        default one at 112 px), or on crops already aligned (``False``: no detection)."""
+        spec = choose_align(self.crop.align, align)
+        return self if spec == self.crop.align else replace(self,
+                                                            crop=self.crop.with_align(spec))
 
     def normalize(self) -> Normalize:
         """``uint8 (B, 3, S, S)`` -> the model's normalised float input."""
@@ -114,8 +199,9 @@ class Preprocessing:
                              BatchAugment(self.mean) if augment else None)
 
     def to_fields(self) -> dict:
-        """The sidecar's preprocessing fields (plain JSON types)."""
-        return {
+        """The sidecar's preprocessing fields (plain JSON types); ``align`` only when the
+        model aligns, so the fields (and fingerprints) of every other model stay as before."""
+        fields = {
             "input_size": self.crop.size,
             "colour_order": "RGB",
             "crop_fraction": self.crop.crop_fraction,
@@ -124,13 +210,16 @@ class Preprocessing:
             "mean": [float(v) for v in self.mean],
             "std": [float(v) for v in self.std],
         }
+        if self.crop.align is not None:
+            fields["align"] = self.crop.align.to_dict()
+        return fields
 
     @classmethod
     def from_fields(cls, meta: dict) -> Preprocessing:
         """What :meth:`to_fields` wrote (a sidecar), exactly as in training."""
         box = tuple(float(v) for v in meta["crop_box"]) if meta.get("crop_box") else None
         crop = Preprocess(int(meta["input_size"]), float(meta["crop_fraction"]), box,
-                          bool(meta["grayscale"]))
+                          bool(meta["grayscale"]), align_from_dict(meta.get("align")))
         return cls(crop, tuple(float(v) for v in meta["mean"]),
                    tuple(float(v) for v in meta["std"]))
 

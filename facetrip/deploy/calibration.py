@@ -151,7 +151,7 @@ def _pair_distances_again(
         chosen_on = str(dataset["calibration_pairs"])
         pairs.append(pairs_from_file(chosen_on, index.paths))
     used = np.unique(np.concatenate([np.concatenate([p.idx1, p.idx2]) for p in pairs]))
-    transform = Preprocessing.from_config(cfg.data).transform()
+    transform = Preprocessing.from_config(cfg.data).for_images(root).transform()
     emb_used = embed_index(model, _used_subset(index, used), transform, torch.device(device),
                            Loading(batch_size), progress=progress)
     emb = np.zeros((len(index), emb_used.shape[1]), dtype=np.float32)

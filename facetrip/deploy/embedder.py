@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from facetrip.alignment.crop import AlignSpec, folder_alignment
 from facetrip.data.decode import ImageError, decode_rgb
-from facetrip.data.transforms import Normalize, preprocess_from_config
+from facetrip.data.transforms import (
+    Normalize,
+    Preprocess,
+    Preprocessing,
+    choose_align,
+)
 from facetrip.deploy.calibration import checkpoint_calibration
 from facetrip.deploy.sidecar import describe_model, preprocess_from_sidecar, read_sidecar
 from facetrip.errors import UserError
@@ -29,14 +35,22 @@ from facetrip.errors import UserError
 class SourceSizeLoader:
     """Decodes an image for a model whose graph does the whole preprocessing at one input size
     (ONNX with ``uint8`` input, torch.export). ``load(path) -> uint8 (3, H, W)``; an image of
-    another size is refused (an :class:`ImageError`, so ``embed`` skips and lists it)."""
+    another size is refused (an :class:`ImageError`, so ``embed`` skips and lists it). With
+    ``align``, the aligned crop is resized to that size instead (an aligned model's graph
+    takes aligned crops)."""
 
     height: int
     width: int
     kind: str = "ONNX"
+    align: AlignSpec | None = None
 
     def load(self, path: str | Path) -> torch.Tensor:
         image = decode_rgb(path)
+        if self.align is not None:
+            from torchvision.transforms.v2 import functional as F
+
+            crop = Preprocess(self.align.size, align=self.align)(image)
+            return F.resize(crop, [self.height, self.width], antialias=True)
         if tuple(image.shape[-2:]) != (self.height, self.width):
             raise ImageError("wrong size", f"{image.shape[-1]}x{image.shape[-2]}; this {self.kind} "
                              f"model takes {self.width}x{self.height} (export it as "
@@ -84,6 +98,26 @@ class Embedder:
     def embedding_dim(self) -> int:
         return int(self.meta["embedding_dim"])
 
+    @property
+    def align(self) -> AlignSpec | None:
+        """The alignment its :attr:`loader` applies (``None``: inputs taken as crops)."""
+        return self.loader.align
+
+    def aligned(self, align: bool | None) -> Embedder:
+        """This model with inputs aligned as recorded (``None``), not at all (``False``,
+        ``--no-align``: already aligned crops) or always (``True``, ``--align``)."""
+        spec = choose_align(self.align, align)
+        return self if spec == self.align else replace(self,
+                                                       loader=replace(self.loader, align=spec))
+
+    def for_images(self, root: str | Path, align: bool | None = None) -> Embedder:
+        """For the images under ``root``: ``align`` as given (``--align``/``--no-align``);
+        by default as the model records, except that the crops of a ``facetrip align`` output
+        folder are not aligned again."""
+        if align is None and folder_alignment(root) is not None:
+            align = False
+        return self.aligned(align)
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8 (B, 3, h, w)`` from :attr:`loader` -> ``float32 (B, D)`` unit-norm
         embeddings on the CPU (no autograd)."""
@@ -118,8 +152,9 @@ def _is_torchscript(path: Path) -> bool:
 def _checkpoint_embedder(path: Path, device: torch.device) -> Embedder:
     from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 
-    model, cfg = model_from_checkpoint(load_checkpoint(path), device)
-    pre, mean, std = preprocess_from_config(cfg.data), cfg.data.mean, cfg.data.std
+    ckpt = load_checkpoint(path)
+    model, cfg = model_from_checkpoint(ckpt, device)
+    pre, mean, std = Preprocessing.from_checkpoint(ckpt, cfg.data).crop, cfg.data.mean, cfg.data.std
     calibration = checkpoint_calibration(path)
     distance = calibration["distance"] if calibration else cfg.eval.metric
     meta = {**describe_model("checkpoint", model, pre, mean, std, distance),
@@ -142,9 +177,12 @@ def _network(model: torch.nn.Module, mean, std, device: torch.device,
     return forward
 
 
-def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embedder:
+def load_embedder(path: str | Path, device: str | torch.device = "cpu",
+                  align: bool | None = None) -> Embedder:
     """Load any model file facetrip makes (by suffix: ``.pt2``, ``.onnx``, ``.safetensors``;
-    otherwise a TorchScript export or a training checkpoint, told apart by content).
+    otherwise a TorchScript export or a training checkpoint, told apart by content). A model
+    trained on aligned crops detects and aligns each input (``align``: see
+    :meth:`Embedder.aligned`).
 
     Exported files are checked against their sidecar (format and sha256), so a sidecar of
     another file is refused.
@@ -153,9 +191,13 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embed
         UserError: the file is missing or unreadable, or its sidecar is missing or does not
             match it.
     """
-    path, device = Path(path), torch.device(device)
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"model not found: {path}")
+    return _load_embedder(path, torch.device(device)).aligned(align)
+
+
+def _load_embedder(path: Path, device: torch.device) -> Embedder:
     if path.suffix == ".onnx":
         return _onnx_embedder(path, read_sidecar(path, "onnx"))
     if path.suffix == ".pt2":
@@ -188,7 +230,8 @@ def _onnx_embedder(path: Path, meta: dict) -> Embedder:
     info = meta["onnx"]
     name = info["input_name"]
     if info["input_dtype"] == "uint8":
-        loader: Any = SourceSizeLoader(*info["input_shape"][2:])
+        align = Preprocessing.from_fields(meta).crop.align
+        loader: Any = SourceSizeLoader(*info["input_shape"][2:], align=align)
 
         def forward(images: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run(None, {name: images.cpu().numpy()})[0])
@@ -209,7 +252,8 @@ def _program_embedder(path: Path, meta: dict) -> Embedder:
     from facetrip.deploy.export_program import load_program
 
     module = load_program(path)
-    loader = SourceSizeLoader(*meta["export"]["input_shape"][2:], kind="torch.export")
+    loader = SourceSizeLoader(*meta["export"]["input_shape"][2:], kind="torch.export",
+                              align=Preprocessing.from_fields(meta).crop.align)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         return module(images.cpu())

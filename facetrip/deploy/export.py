@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from facetrip.config import Config
-from facetrip.data.transforms import Normalize, Preprocess, preprocess_from_config
+from facetrip.data.transforms import Normalize, Preprocess, Preprocessing
 from facetrip.deploy.calibration import calibrate, find_calibration
 from facetrip.deploy.parity import by_size, parity_images, reference_embeddings, source_size
 from facetrip.deploy.sidecar import describe_model, sidecar_path
@@ -78,9 +78,17 @@ class ExportSource:
     def load(cls, checkpoint: str | Path) -> ExportSource:
         from facetrip.training.checkpoint import load_checkpoint, model_from_checkpoint
 
-        model, cfg = model_from_checkpoint(load_checkpoint(checkpoint))
-        return cls(Path(checkpoint), model.cpu().eval(), cfg, preprocess_from_config(cfg.data),
-                   cfg.data.mean, cfg.data.std)
+        ckpt = load_checkpoint(checkpoint)
+        model, cfg = model_from_checkpoint(ckpt)
+        return cls(Path(checkpoint), model.cpu().eval(), cfg,
+                   Preprocessing.from_checkpoint(ckpt, cfg.data).crop, cfg.data.mean,
+                   cfg.data.std)
+
+    @property
+    def graph_pre(self) -> Preprocess:
+        """What the exported file does itself: ``pre`` without the alignment (a model trained
+        on aligned crops is fed aligned crops: ``facetrip.align``; the sidecar says which)."""
+        return self.pre.with_align(None)
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ def export_torchscript(src: ExportSource, options: ExportOptions, meta: dict) ->
     """The TorchScript module (:mod:`facetrip.deploy.torchscript`): network + preprocessing."""
     from facetrip.deploy.torchscript import torchscript_bytes
 
-    data = torchscript_bytes(src.model, src.pre, src.mean, src.std)
+    data = torchscript_bytes(src.model, src.graph_pre, src.mean, src.std)
     return Exported(
         data,
         "module(x): float32 RGB (B, 3, S, S), values in [0, 1] then (x - mean) / std; "
@@ -137,9 +145,16 @@ def _onnx_embeddings(data: bytes, info: dict, src: ExportSource,
     if info["input_dtype"] == "uint8":
         batch = torch.stack(list(images)).numpy()
     else:
-        batch = Normalize(src.mean, src.std)(torch.stack([src.pre(img) for img in images]))
+        batch = Normalize(src.mean, src.std)(torch.stack([src.graph_pre(img)
+                                                          for img in images]))
         batch = batch.numpy()
     return torch.from_numpy(onnx_session(data).run(None, {info["input_name"]: batch})[0])
+
+
+def _aligned_side(src: ExportSource) -> tuple[int, int] | None:
+    """The input size of a fixed-size graph of a model trained on aligned crops: the aligned
+    crop's side (its inputs are aligned crops); None for other models."""
+    return (src.pre.align.size,) * 2 if src.pre.align else None
 
 
 def export_onnx(src: ExportSource, options: ExportOptions, meta: dict) -> Exported:
@@ -148,9 +163,11 @@ def export_onnx(src: ExportSource, options: ExportOptions, meta: dict) -> Export
     from facetrip.deploy.onnx_export import onnx_bytes
 
     size = None
-    if options.onnx_input == "uint8":
-        size = tuple(options.onnx_source_size or source_size(src.cfg.data.root, src.pre.size))
-    data, info = onnx_bytes(src.model, src.pre, src.mean, src.std, options.onnx_input, size)
+    if options.onnx_input == "uint8":  # aligned models take the aligned crops
+        size = tuple(options.onnx_source_size or _aligned_side(src)
+                     or source_size(src.cfg.data.root, src.pre.size))
+    data, info = onnx_bytes(src.model, src.graph_pre, src.mean, src.std, options.onnx_input,
+                            size)
     if info["input_dtype"] == "uint8":
         h, w = info["input_shape"][2:]
         described = (f"'{info['input_name']}': uint8 RGB (batch, 3, {h}, {w}); the graph does "
@@ -171,7 +188,7 @@ def _safetensors_embeddings(data: bytes, src: ExportSource,
     for key, value in loaded.state_dict().items():
         if not torch.equal(value, original[key]) or value.dtype != original[key].dtype:
             raise UserError(f"safetensors round trip changed {key}: nothing written")
-    return reference_embeddings(loaded, src.pre, src.mean, src.std, images)
+    return reference_embeddings(loaded, src.graph_pre, src.mean, src.std, images)
 
 
 def export_safetensors(src: ExportSource, options: ExportOptions, meta: dict) -> Exported:
@@ -190,8 +207,9 @@ def export_program(src: ExportSource, options: ExportOptions, meta: dict) -> Exp
     input at one source size, the whole preprocessing inside, a dynamic batch axis."""
     from facetrip.deploy.export_program import program_bytes, program_embeddings
 
-    size = tuple(options.onnx_source_size or source_size(src.cfg.data.root, src.pre.size))
-    data, info = program_bytes(src.model, src.pre, src.mean, src.std, size)
+    size = tuple(options.onnx_source_size or _aligned_side(src)
+                 or source_size(src.cfg.data.root, src.pre.size))
+    data, info = program_bytes(src.model, src.graph_pre, src.mean, src.std, size)
     h, w = size
     return Exported(
         data,
@@ -245,8 +263,9 @@ def check_parity(src: ExportSource, exported: Exported, fmt: str) -> dict:
     Raises:
         UserError: the difference is above :data:`PARITY_LIMIT` (or not a number).
     """
-    images, origin = parity_images(src.cfg.data.root, src.pre.size, exported.image_size)
-    expected = reference_embeddings(src.model, src.pre, src.mean, src.std, images)
+    images, origin = parity_images(src.cfg.data.root, src.pre.size, exported.image_size,
+                                   src.pre.align)
+    expected = reference_embeddings(src.model, src.graph_pre, src.mean, src.std, images)
     diff = float((exported.embed(images).float() - expected).abs().max())
     if not diff <= PARITY_LIMIT:  # also catches NaN
         raise UserError(f"parity check failed: the {fmt} model's embeddings differ from the "
@@ -294,8 +313,10 @@ def export_model(
     calib, notes = _calibration(src, options, progress)
     if calib is not None:
         meta["distance"] = calib["distance"]
+    aligned = ("; inputs are aligned face crops (facetrip.align(images), or facetrip's own "
+               "commands, which align each photo)") if src.pre.align else ""
     meta.update(
-        input=exported.input,
+        input=exported.input + aligned,
         file_sha256=hashlib.sha256(exported.data).hexdigest(),
         parity=parity,
         calibration=calib,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from facetrip.alignment.crop import AlignSpec
 from facetrip.data.decode import ImageError
 from facetrip.data.source import dataset_items
 from facetrip.data.transforms import Normalize, Preprocess
@@ -57,12 +58,32 @@ def synthetic_images(n: int, sizes: Sequence[tuple[int, int]],
     return images
 
 
+def aligned_images(images: Sequence[torch.Tensor], align: AlignSpec) -> list[torch.Tensor]:
+    """The aligned crops of ``images`` (those with a face)."""
+    crops = []
+    for image in images:
+        try:
+            crops.append(Preprocess(align.size, align=align)(image))
+        except ImageError:
+            continue
+    return crops
+
+
 def parity_images(root: str | Path | None, input_size: int,
-                  size: tuple[int, int] | None = None) -> tuple[list[torch.Tensor], str]:
+                  size: tuple[int, int] | None = None, align: AlignSpec | None = None
+                  ) -> tuple[list[torch.Tensor], str]:
     """``(images, where they come from)``: :data:`PARITY_IMAGES` of the dataset ``root`` (of
     ``size = (H, W)`` only, when given), else seeded synthetic ones of ``size`` or of two
-    sizes around the model's ``input_size``."""
-    images = run_images(root, PARITY_IMAGES, size)
+    sizes around the model's ``input_size``. With ``align`` (a model trained on aligned
+    crops, whose exports take aligned crops), the dataset's images aligned, else synthetic
+    ones of the aligned side."""
+    if align is not None:
+        images = aligned_images(run_images(root, PARITY_IMAGES), align)
+        if len(images) >= 2:
+            return images, f"aligned images of the run's dataset {root}"
+        size = (align.size, align.size)
+    else:
+        images = run_images(root, PARITY_IMAGES, size)
     if len(images) >= 2:
         return images, f"images of the run's dataset {root}"
     sizes = [size] if size else [(input_size * 3 // 2, input_size * 5 // 4), (input_size,) * 2]

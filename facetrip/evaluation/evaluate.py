@@ -93,6 +93,8 @@ class EvalRequest:
     device: torch.device | str = "cpu"
     loading: Loading = Loading()
     bins: tuple[Path, ...] = ()
+    #: detect and align each image: None as the checkpoint records, True/False to force
+    align: bool | None = None
 
     def check(self) -> None:
         """UserError for a request that cannot be run, naming the options."""
@@ -118,9 +120,10 @@ class EvalRequest:
                             "the images of DATA: give DATA with --bin")
         if self.embeddings is not None and (self.baselines or self.flip or self.baseline_fit
                                             or p.also_pairs or self.cache
-                                            or p.calibrate_held_out):
-            raise UserError("--baseline, --baseline-fit, --also-pairs, --cache, --flip and "
-                            "--calibrate-held-out need images: use --model and DATA")
+                                            or p.calibrate_held_out or self.align is not None):
+            raise UserError("--baseline, --baseline-fit, --also-pairs, --cache, --flip, "
+                            "--calibrate-held-out and --align need images: use --model and "
+                            "DATA")
 
 
 @dataclass
@@ -219,7 +222,8 @@ def _resolve_pairs(protocol: PairProtocol, index: ImageFolderIndex, cfg: Config,
     return _Pairs(scored, calibration, source, also)
 
 
-def _open_images(request: EvalRequest, cfg: Config) -> tuple[ImageSource, ImageFolderIndex]:
+def _open_images(request: EvalRequest, cfg: Config, recorded: Preprocessing
+                 ) -> tuple[ImageSource, ImageFolderIndex]:
     """The images to embed (decoded, or from the decoded cache) and their index."""
     data = Path(request.data)
     d = cfg.data
@@ -227,7 +231,8 @@ def _open_images(request: EvalRequest, cfg: Config) -> tuple[ImageSource, ImageF
         raise UserError(f"calibrating on the run's held-out identities needs the run's data: "
                         f"evaluate its data.root ({d.root or 'not recorded'}, relative to where "
                         f"it was trained), not {data}")
-    preprocessing = Preprocessing.from_config(d)
+    preprocessing = (recorded.for_images(data) if request.align is None
+                     else recorded.aligned(request.align))
     images = ImageSource(preprocessing.transform(), loading=request.loading)
     if request.cache is None:
         return images, scan_dataset(data)
@@ -251,7 +256,7 @@ def _evaluate_images(request: EvalRequest, progress: Callable[[int], None] | Non
     bin_sets = read_bins(request.bins)  # before the long part: a bad file fails at once
     if request.data is None:
         return _evaluate_bins_only(request, ckpt, model, cfg, bin_sets, progress)
-    images, index = _open_images(request, cfg)
+    images, index = _open_images(request, cfg, Preprocessing.from_checkpoint(ckpt, cfg.data))
     pairs = _resolve_pairs(request.protocol, index, cfg, ckpt.get("val"))
     need_training_images = "eigenfaces" in request.baselines and request.baseline_fit is None
     trained_on, seen = _run_identities(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from facetrip.config import Config, config_from_dict, config_to_dict
+from facetrip.data.transforms import Preprocessing
 from facetrip.errors import UserError
 from facetrip.io import atomic_link, atomic_torch_save
 from facetrip.model import EmbeddingNet, ModelSpec
@@ -69,6 +70,8 @@ def checkpoint_dict(state: TrainState, cfg: Config, val: dict | None,
         "version": __version__,
         "config": config_to_dict(cfg),
         "model_spec": state.net.spec.to_dict(),
+        # the config implies it; spelled out as the sidecars have it (alignment: the template)
+        "preprocessing": Preprocessing.from_config(cfg.data).to_fields(),
         **state.state_dict(),
         "rng": rng_ranks[0] if rng_ranks else rng_state(),
         "val": val,

@@ -95,7 +95,7 @@ def test_other_preprocessing_or_a_broken_index_rebuilds_and_foreign_dirs_are_ref
     grey = Preprocess(24, crop_fraction=0.8, grayscale=True)
     cache, why = load_or_build_cache(faces, out, grey)
     assert why.startswith("built for {'size': 24, 'crop_fraction': 0.8, 'crop_box': None, "
-                          "'grayscale': False}")
+                          "'grayscale': False, 'align': None}")
     assert cache.spec == grey and torch.equal(torch.from_numpy(cache.images[0, 0]),
                                               torch.from_numpy(cache.images[0, 2]))
     (out / INDEX_NAME).write_text("{ truncated")
