@@ -37,8 +37,11 @@ lfw: install
 	$(BIN)/facetrip train --config configs/lfw.yaml --set data.root=$(LFW) --set data.identities_file=$(LFW)/peopleDevTrain.txt --set data.cache=$(LFW_RUN)-cache --out $(LFW_RUN) --overwrite
 	$(BIN)/facetrip eval $(LFW) --model $(LFW_RUN)/best.pt --cache $(LFW_RUN)-cache --pairs $(LFW)/pairsDevTest.txt --calibrate-held-out --also-pairs $(LFW)/pairs.txt --baseline pixels,eigenfaces --flip --out $(LFW_RUN)
 
+# one test process per core (TEST_WORKERS=0 runs them in this process), each file's tests
+# kept in one process so its module fixtures are built once
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # ruff, then the layering contract of pyproject.toml (imports point one way, no package cycle)
 lint: install
