@@ -38,12 +38,13 @@ class CrossBatchMemory(nn.Module):
         return int(self.calls) >= self.start and int(self.filled) > 0
 
     def references(self, embeddings: torch.Tensor, labels: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cat(embeddings, memory) (B + M, D), their labels (B + M,))``: the batch first."""
-        n = int(self.filled)
+                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(cat(embeddings, memory) (B + M, D), their labels (B + M,), M)``: the batch
+        first, then the M stored entries; just the batch (M = 0) until :attr:`active`."""
+        n = int(self.filled) if self.active else 0
         memory = self.embeddings[:n].to(embeddings.dtype)
         return (torch.cat([embeddings, memory]),
-                torch.cat([labels.to(self.labels.device), self.labels[:n]]))
+                torch.cat([labels.to(self.labels.device), self.labels[:n]]), n)
 
     @torch.no_grad()
     def push(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
@@ -70,9 +71,8 @@ class MemoryTripletLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        used = int(self.memory.filled) if self.memory.active else 0
+        refs, ref_labels, used = self.memory.references(embeddings, labels)
         if used:
-            refs, ref_labels = self.memory.references(embeddings, labels)
             loss, stats = self.loss(embeddings, labels, ref_embeddings=refs,
                                     ref_labels=ref_labels, ref_self_index=0)
         else:

@@ -147,9 +147,8 @@ class GlobalTripletLoss(nn.Module):
         gathered = AllGather.apply(embeddings)
         gathered_labels = all_gather_labels(labels)
         refs, ref_labels, used = gathered, gathered_labels, 0
-        if self.memory is not None and self.memory.active:  # every rank holds the same
-            used = int(self.memory.filled)
-            refs, ref_labels = self.memory.references(gathered, gathered_labels)
+        if self.memory is not None:  # every rank holds the same (global batches)
+            refs, ref_labels, used = self.memory.references(gathered, gathered_labels)
         local, stats = self.loss(embeddings, labels, ref_embeddings=refs,
                                  ref_labels=ref_labels,
                                  ref_self_index=rank * embeddings.shape[0])

@@ -16,8 +16,13 @@ def test_the_ring_keeps_the_newest_entries_in_order():
     assert int(memory.filled) == 5 and int(memory.next) == 1 and int(memory.calls) == 3
     assert memory.labels.tolist() == [21, 1, 10, 11, 20]
     assert memory.embeddings[:, 0].tolist() == [2.0, 0.0, 1.0, 1.0, 2.0]
-    refs, labels = memory.references(torch.ones(1, 2) * 7, torch.tensor([3]))
+    refs, labels, used = memory.references(torch.ones(1, 2) * 7, torch.tensor([3]))
     assert labels.tolist() == [3, 21, 1, 10, 11, 20] and refs[0].tolist() == [7.0, 7.0]
+    assert used == 5
+    fresh = CrossBatchMemory(size=4, dim=2, start=2)  # before start: the batch alone
+    fresh.push(torch.zeros(2, 2), torch.tensor([0, 1]))
+    refs, labels, used = fresh.references(torch.ones(1, 2), torch.tensor([5]))
+    assert used == 0 and labels.tolist() == [5] and refs.tolist() == [[1.0, 1.0]]
     big = CrossBatchMemory(size=2, dim=1)
     big.push(torch.arange(5.0)[:, None], torch.arange(5))  # a batch larger than the ring
     assert sorted(big.labels.tolist()) == [3, 4]
