@@ -118,7 +118,6 @@ def eval_(
         _device(device) if embeddings is None else "cpu",
         Loading(check_batch_size(batch_size), default_workers(workers)),
         tuple(Path(b) for b in split_list(bin_sets)), align)
-    request.check()
     with tqdm(desc="embed", unit="img", delay=0.5, disable=embeddings is not None) as bar:
         result = evaluate(request, progress=bar.update)
     out = out or (embeddings.with_suffix("").parent if embeddings else model.parent) / "eval"

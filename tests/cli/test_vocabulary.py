@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from facetrip.cli import WORKFLOW, app, main
+from facetrip.cli import WORKFLOW, app
 from facetrip.config import config_to_dict, load_config
 from facetrip.io import atomic_torch_save
 from facetrip.model import EmbeddingNet, ModelSpec
 from facetrip.synth import synthesize
+from tests.conftest import run_cli
 
 
-def run_main(monkeypatch, capfd, *args) -> tuple[int, str, str]:
-    """``facetrip ARGS`` through the console-script entry point: ``(exit code, out, err)``."""
-    monkeypatch.setattr(sys, "argv", ["facetrip", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        main()
-    out, err = capfd.readouterr()
-    return done.value.code or 0, out, err
+def run(*args) -> tuple[int, str, str]:
+    """``facetrip ARGS`` in-process (:func:`tests.conftest.run_cli`): ``(exit code, out, err)``."""
+    proc = run_cli(*args, ok=False)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +43,8 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def test_help_lists_the_commands_in_workflow_order(monkeypatch, capfd):
-    code, out, _ = run_main(monkeypatch, capfd, "--help")
+def test_help_lists_the_commands_in_workflow_order():
+    code, out, _ = run("--help")
     listed = re.findall(r"^  (\w+)\s", out.split("Commands:")[1], re.MULTILINE)
     assert code == 0 and "<bool>" not in out
     assert listed == sorted(listed, key=WORKFLOW.index)
@@ -57,19 +54,18 @@ def test_help_lists_the_commands_in_workflow_order(monkeypatch, capfd):
 
 
 @pytest.mark.parametrize("command", ["eval", "export", "embed", "verify", "enroll", "identify"])
-def test_every_command_that_reads_a_model_takes_model(monkeypatch, capfd, command):
-    code, out, _ = run_main(monkeypatch, capfd, command, "--help")
+def test_every_command_that_reads_a_model_takes_model(command):
+    code, out, _ = run(command, "--help")
     assert code == 0 and "--model" in out and "--checkpoint" not in out
 
 
-def test_old_spellings_work_with_one_deprecation_line_each(faces, checkpoint, tmp_path,
-                                                          monkeypatch, capfd):
-    code, _, err = run_main(monkeypatch, capfd, "synth", tmp_path / "s", "--identities", 2,
+def test_old_spellings_work_with_one_deprecation_line_each(faces, checkpoint, tmp_path):
+    code, _, err = run("synth", tmp_path / "s", "--identities", 2,
                             "--images-per-identity", 2, "--size", 16, "--workers", 1)
     assert code == 0 and err.count("deprecated") == 1
     assert "warning: a positional OUT is deprecated, use --out" in err
     assert len(list((tmp_path / "s").rglob("*.png"))) == 4
-    code, out, err = run_main(monkeypatch, capfd, "cache", faces, "--size", 16, "--out",
+    code, out, err = run("cache", faces, "--size", 16, "--out",
                               tmp_path / "c", "--workers", 0)
     assert code == 0 and "warning: --size is deprecated, use --image-size" in err
     assert "12 images of 4 identities, 16x16" in out
@@ -77,7 +73,7 @@ def test_old_spellings_work_with_one_deprecation_line_each(faces, checkpoint, tm
     new = ("eval", faces, "--model", checkpoint, "--distance", "cosine")
     results, errors = [], []
     for args, name in ((old, "old"), (new, "new")):
-        code, _, err = run_main(monkeypatch, capfd, *args, "--folds", 2, "--pairs-per-fold", 4,
+        code, _, err = run(*args, "--folds", 2, "--pairs-per-fold", 4,
                                 "--k", "1,2", "--no-report", "--workers", 0,
                                 "--out", tmp_path / name)
         assert code == 0, err
@@ -91,19 +87,18 @@ def test_old_spellings_work_with_one_deprecation_line_each(faces, checkpoint, tm
     assert results[0]["options"]["metric"] == "cosine"
 
 
-def test_both_spellings_at_once_are_refused(faces, checkpoint, monkeypatch, capfd):
-    code, _, err = run_main(monkeypatch, capfd, "eval", faces, "--model", checkpoint,
+def test_both_spellings_at_once_are_refused(faces, checkpoint):
+    code, _, err = run("eval", faces, "--model", checkpoint,
                             "--checkpoint", checkpoint)
     assert code == 2 and err.strip() == ("error: --checkpoint is the old name of --model: give "
                                          "one of them")
 
 
-def test_lists_are_repeatable_and_comma_separated_alike(faces, checkpoint, tmp_path,
-                                                         monkeypatch, capfd):
+def test_lists_are_repeatable_and_comma_separated_alike(faces, checkpoint, tmp_path):
     metrics = []
     for ks in (["--k", "1,2"], ["--k", "1", "--k", "2"]):
         out_dir = tmp_path / str(len(ks))
-        code, _, err = run_main(monkeypatch, capfd, "eval", faces, "--model", checkpoint,
+        code, _, err = run("eval", faces, "--model", checkpoint,
                                 *ks, "--folds", 2, "--pairs-per-fold", 4, "--no-report",
                                 "--workers", 0, "--out", out_dir)
         assert code == 0, err
