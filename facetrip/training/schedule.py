@@ -85,7 +85,8 @@ class LRSchedule:
     def describe(self, lr: float) -> str:
         """The last segment in words, e.g. for the console when a resumed run was extended."""
         s = self.segments[-1]
-        start = ("restarts at" if s.peak == 1.0 and s.start > 0 else "continues from")
+        restarted = len(self.segments) > 1 and self.segments[-2].end <= s.start
+        start = "restarts at" if restarted else "continues from"
         return (f"the learning rate {start} {lr * s.peak:.3g} at step {s.start} and decays "
                 f"(cosine) to {lr * self.min_ratio:.3g} at step {s.end}")
 

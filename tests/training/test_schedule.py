@@ -58,6 +58,9 @@ def test_shortening_and_unchanged_ends_and_the_checkpoint_round_trip():
     shorter = old.extended(3, 6)
     assert shorter.segments == (Segment(0, 10, 1.0, 1), Segment(3, 6, old(3), 0))
     assert LRSchedule.from_dict(shorter.extended(6, 9).to_dict()) == shorter.extended(6, 9)
+    warm = LRSchedule.cosine(10, 4, 0.0).extended(4, 20)  # stopped as warm-up peaked
+    assert warm.segments[-1].peak == 1.0
+    assert warm.describe(1e-3).startswith("the learning rate continues from 0.001 at step 4")
     note = old.extended(10, 20).describe(1e-3)
     assert note == ("the learning rate restarts at 0.001 at step 10 and decays (cosine) to "
                     "5e-05 at step 20")
