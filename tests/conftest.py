@@ -82,6 +82,12 @@ def run_cli(*args, ok: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def cli_result(*args) -> tuple[int, str, str]:
+    """:func:`run_cli` without the exit-code check: ``(exit code, stdout, stderr)``."""
+    proc = run_cli(*args, ok=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def run_cli_process(*args, ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m facetrip ARGS`` in a fresh process (as a user runs it), for tests where the
     process boundary is the point (signals, torchrun, the module entry point); with ``ok``,

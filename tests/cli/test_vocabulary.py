@@ -15,13 +15,7 @@ from facetrip.config import config_to_dict, load_config
 from facetrip.io import atomic_torch_save
 from facetrip.model import EmbeddingNet, ModelSpec
 from facetrip.synth import synthesize
-from tests.conftest import run_cli
-
-
-def run(*args) -> tuple[int, str, str]:
-    """``facetrip ARGS`` in-process (:func:`tests.conftest.run_cli`): ``(exit code, out, err)``."""
-    proc = run_cli(*args, ok=False)
-    return proc.returncode, proc.stdout, proc.stderr
+from tests.conftest import cli_result as run
 
 
 @pytest.fixture(scope="module")

@@ -89,10 +89,10 @@ def test_the_decoded_cache_of_a_rec(packed):
 
 
 def test_facetrip_cache_of_a_rec(packed, monkeypatch, capfd):
-    from tests.cli.test_vocabulary import run_main
+    from tests.conftest import cli_result
 
     _, rec = packed
-    code, out, err = run_main(monkeypatch, capfd, "cache", rec, "--image-size", 16, "--out",
+    code, out, err = cli_result("cache", rec, "--image-size", 16, "--out",
                               rec.parent.parent / "c", "--workers", 0)
     assert code == 0, err
     assert "20 images of 5 identities, 16x16" in out and "built (no cache yet)" in out

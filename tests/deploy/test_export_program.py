@@ -88,10 +88,10 @@ def test_pt2_sidecar_and_embedder(tmp_path):
 
 
 def test_pt2_is_the_format_of_a_pt2_out_on_the_command_line(tmp_path, monkeypatch, capfd):
-    from tests.cli.test_vocabulary import run_main
+    from tests.conftest import cli_result
 
     ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS["full"])
-    code, out, err = run_main(monkeypatch, capfd, "export", "--model", ckpt, "--out",
+    code, out, err = cli_result("export", "--model", ckpt, "--out",
                               tmp_path / "m.pt2", "--device", "cpu")
     assert code == 0, err
     assert json.loads((tmp_path / "m.pt2.json").read_text())["format"] == "export"
@@ -100,7 +100,7 @@ def test_pt2_is_the_format_of_a_pt2_out_on_the_command_line(tmp_path, monkeypatc
 
     synthesize(tmp_path / "imgs", identities=2, images_per_identity=2, size=24, seed=0,
                workers=1)
-    code, out, err = run_main(monkeypatch, capfd, "embed", tmp_path / "imgs", "--model",
+    code, out, err = cli_result("embed", tmp_path / "imgs", "--model",
                               tmp_path / "m.pt2", "--out", tmp_path / "e.npz", "--workers", 0)
     assert code == 0, err
     assert "wrote 4 embeddings of dimension 8" in out

@@ -199,7 +199,7 @@ def test_the_weight_average_follows_its_definition_and_best_pt_holds_it(faces, t
 
 def test_train_sees_exactly_the_identities_and_images_of_another_writers_rec(
         tmp_path, tiny_config, monkeypatch, capfd):
-    from tests.cli.test_vocabulary import run_main
+    from tests.conftest import cli_result
     from tests.data.encoded import insightface_set
 
     (tmp_path / "ms1m").mkdir()
@@ -209,7 +209,7 @@ def test_train_sees_exactly_the_identities_and_images_of_another_writers_rec(
     assert run.data.index.classes == [str(i) for i in range(200)]
     assert sorted(map(int, run.data.index.paths)) == sorted(images)
     assert run.data.index.skipped == [] and run.data.train_images == len(images)
-    code, out, err = run_main(monkeypatch, capfd, "train", "--out", tmp_path / "cli",
+    code, out, err = cli_result("train", "--out", tmp_path / "cli",
                               *as_sets([f"data.root={rec}", *TINY_RUN, "data.workers=1",
                                         "sampler.batches_per_epoch=2"]))
     assert code == 0, err
