@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 DEMO   := runs/demo
 
-.PHONY: install demo lfw test lint bench bench-mining bench-eval bench-data bench-distributed bench-gpu bench-align soak clean
+.PHONY: install demo lfw small-sets lfw-ablation test lint bench bench-mining bench-eval bench-data bench-distributed bench-gpu bench-align soak clean
 
 install: $(STAMP)
 
@@ -87,6 +87,18 @@ bench-embed: install
 LIMIT ?= 0
 bench-align: install
 	$(BIN)/python scripts/bench_align.py --data $(LFW) --limit $(LIMIT) --out bench_results/align.json
+
+# configs/small.yaml on three disjoint small sets cut from LFW's DevTrain people (30 training +
+# 10 test people each, 5-20 images a person), against eigenfaces and pixels on the same pairs
+small-sets: install
+	$(BIN)/python scripts/small_sets.py --lfw $(LFW) --out bench_results/small_sets.json
+
+# the real-faces levers one at a time against configs/lfw.yaml on the same data and seed
+# (ROWS="baseline cosface ..."; EPOCHS=12 ranks them in short runs, 0 = the config's 80)
+ROWS ?= baseline cosface ema memory
+EPOCHS ?= 12
+lfw-ablation: install
+	$(BIN)/python scripts/lfw_ablation.py --lfw $(LFW) --rows $(ROWS) --epochs $(EPOCHS) --out bench_results/ablation.json
 
 # kill -9 a short synthetic run at 20 random points, resume each, check bit-identity (~5 min)
 soak: install

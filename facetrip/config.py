@@ -21,6 +21,9 @@ from facetrip.errors import UserError
 from facetrip.io import atomic_write
 
 _UNIONS = (Union, types.UnionType)
+#: the value of a key worked out from the data set (facetrip.training.sizing): AUTO_KEYS
+AUTO = "auto"
+AUTO_KEYS = ("data.val_fraction", "sampler.p", "sampler.batches_per_epoch")
 
 
 @dataclass
@@ -30,7 +33,8 @@ class DataConfig:
     root: str = ""  #: identity-folder dataset: ``root/<identity>/<image>``
     #: train (and validate) on these identities only: one name per line, or LFW people*.txt
     identities_file: str | None = None
-    val_fraction: float = 0.1  #: fraction of identities held out for validation
+    #: fraction of identities held out for validation (``auto``: sized to the data set)
+    val_fraction: float | Literal["auto"] = 0.1
     min_images_per_identity: int = 2  #: identities with fewer images are dropped from training
     image_size: int = 64  #: model input is ``image_size x image_size``
     crop_fraction: float = 1.0  #: centre crop (fraction of the shorter side) before resizing
@@ -56,10 +60,11 @@ class DataConfig:
 class SamplerConfig:
     """PK batches: ``p`` identities x ``k`` images each."""
 
-    p: int = 32
+    p: int | Literal["auto"] = 32  #: ``auto``: min(32, training people), see training.sizing
     k: int = 4
-    #: batches per epoch; ``None`` = training images // (p * k), i.e. about one pass over the data
-    batches_per_epoch: int | None = None
+    #: batches per epoch; ``None`` = training images // (p * k), i.e. about one pass over the
+    #: data; ``auto``: the same, but at least 20 steps
+    batches_per_epoch: int | Literal["auto"] | None = None
 
 
 @dataclass
@@ -258,7 +263,8 @@ def _valid_box(box: list[float]) -> bool:
 def _validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     checks = [
-        (cfg.sampler.p >= 2, "sampler.p must be >= 2 (triplets need two identities)"),
+        (cfg.sampler.p == AUTO or cfg.sampler.p >= 2,
+         "sampler.p must be >= 2 (triplets need two identities) or auto"),
         (cfg.sampler.k >= 2, "sampler.k must be >= 2 (triplets need two images of an identity)"),
         (cfg.data.image_size >= 16, "data.image_size must be >= 16"),
         (cfg.data.image_size % 8 == 0,
@@ -267,7 +273,8 @@ def _validate(cfg: Config) -> None:
         (cfg.data.crop_box is None or _valid_box(cfg.data.crop_box),
          "data.crop_box must be [left, top, right, bottom] fractions with "
          "0 <= left < right <= 1 and 0 <= top < bottom <= 1"),
-        (0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
+        (cfg.data.val_fraction == AUTO or 0.0 <= cfg.data.val_fraction < 1.0,
+         "data.val_fraction must be in [0, 1) or auto"),
         (cfg.data.align_size >= 16, "data.align_size must be >= 16"),
         (cfg.data.align is None or cfg.data.cache is not None,
          "data.align needs data.cache (the detector then runs once per photo, while the cache "
@@ -299,8 +306,8 @@ def _validate(cfg: Config) -> None:
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
         (cfg.optim.min_lr >= 0, "optim.min_lr must be >= 0"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
-        (cfg.sampler.batches_per_epoch is None or cfg.sampler.batches_per_epoch >= 1,
-         "sampler.batches_per_epoch must be >= 1 or null"),
+        (cfg.sampler.batches_per_epoch in (None, AUTO) or cfg.sampler.batches_per_epoch >= 1,
+         "sampler.batches_per_epoch must be >= 1, null or auto"),
         (cfg.eval.pairs_per_fold >= 2, "eval.pairs_per_fold must be >= 2"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.folds >= 2, "eval.folds must be >= 2"),
@@ -371,6 +378,10 @@ def resume_config(saved: Config, wanted: Config, force: bool = False) -> tuple[C
     raises UserError naming the keys, unless ``force``, which takes ``wanted`` as it is (the
     run then continues with another config, no longer the one it started with).
     """
+    for key in AUTO_KEYS:  # what the saved run worked out from its data stands for auto
+        section, name = key.split(".")
+        if getattr(getattr(wanted, section), name) == AUTO:
+            setattr(getattr(wanted, section), name, getattr(getattr(saved, section), name))
     diffs = changed_keys(saved, wanted)
     fixed = [k for k in diffs if k not in RESUMABLE_KEYS]
     if fixed and not force:

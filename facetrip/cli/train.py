@@ -88,7 +88,7 @@ def _run(cfg, run_dir: Path, ctx, again: str, **how):
     from facetrip.training.train import TrainingStopped, train
 
     stop = StopOnSignal(quiet=not ctx.is_main)
-    hooks = ConsoleHooks(cfg, stop)
+    hooks = ConsoleHooks(stop)
     try:
         with stop:
             return train(cfg, run_dir, hooks=hooks, dist_context=ctx, **how)
@@ -129,8 +129,8 @@ class ConsoleHooks(TrainHooks):
     epoch (counting images, so it shows images/s and the ETA), validation lines; the signal
     handler decides :meth:`should_stop`."""
 
-    def __init__(self, cfg, stop: StopOnSignal) -> None:
-        self.cfg, self.stop = cfg, stop
+    def __init__(self, stop: StopOnSignal) -> None:
+        self.stop = stop
         self.bar: tqdm | None = None
 
     def should_stop(self) -> bool:
@@ -154,9 +154,11 @@ class ConsoleHooks(TrainHooks):
         )
         if data.cache_note:
             typer.echo(data.cache_note)
+        if data.sizing_note:
+            typer.echo(f"note: {data.sizing_note}", err=True)
         if data.val_note:
             typer.echo(f"note: {data.val_note}", err=True)
-        p, k = self.cfg.sampler.p, self.cfg.sampler.k
+        p, k = data.config.sampler.p, data.config.sampler.k
         if len(data.sampler) < 20:
             typer.echo(f"note: an epoch is only {len(data.sampler)} steps of {p} x {k} images; "
                        "consider --set sampler.batches_per_epoch=N (validation and "

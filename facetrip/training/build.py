@@ -42,6 +42,7 @@ from facetrip.metrics.pairs import PairIndexList, generate_pairs
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
 from facetrip.training.checkpoint import load_checkpoint
 from facetrip.training.schedule import LRSchedule
+from facetrip.training.sizing import size_for_data
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class TrainData:
     the device.
     """
 
+    config: Config  #: the run's config with every ``auto`` value resolved (what is saved)
     train_loader: torch.utils.data.DataLoader
     sampler: SeededBatchSampler  #: ``set_epoch`` selects the batches and their augmentation
     val_loader: torch.utils.data.DataLoader | None
@@ -69,6 +71,7 @@ class TrainData:
     excluded: dict[str, int]  #: identity -> usable images, for identities left out of training
     cache_note: str = ""  #: '' or how the decoded cache was used / why it was (re)built
     val_note: str = ""  #: '' or what validation pairs were drawn instead of the request
+    sizing_note: str = ""  #: '' or what the ``auto`` values became (training.sizing)
     #: ``train.val_bins``, read (rank 0 only), scored after every epoch with ``preprocess``
     val_bins: list[VerificationBin] = field(default_factory=list)
     preprocess: Preprocess | None = None
@@ -125,6 +128,7 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
         first = full.skipped[0]
         raise UserError(f"data.strict: {full.skip_summary()} (first: "
                         f"{display_path(first.path)}: {first.reason})")
+    cfg, sizing_note = size_for_data(full, cfg, world_size)
     full, train_idx, val_idx = split_for_training(full, cfg)
     val_pairs, val_note = None, ""
     if val_idx is not None:  # drawn before training, so a bad setting fails at once
@@ -156,9 +160,9 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
         val_loader = torch.utils.data.DataLoader(dataset(val_idx),
                                                  batch_size=cfg.eval.batch_size, **common)
     return TrainData(
-        train_loader, sampler, val_loader, val_idx, val_pairs, len(kept), len(kept.classes),
+        cfg, train_loader, sampler, val_loader, val_idx, val_pairs, len(kept), len(kept.classes),
         len(excluded), full.skip_summary(), normalize=Normalize(d.mean, d.std), index=full,
-        excluded=excluded, cache_note=cache_note, val_note=val_note,
+        excluded=excluded, cache_note=cache_note, val_note=val_note, sizing_note=sizing_note,
         val_bins=read_bins(cfg.train.val_bins) if rank == 0 else [], preprocess=preprocess,
     )
 

@@ -133,6 +133,7 @@ def prepare_run(
     cfg, ckpt, info = _open_run(cfg, run, resume, overwrite, force, writer=ctx.is_main)
     autocast_dtype = resolve_precision(cfg.train.precision, device)
     data = load_data(cfg, device, ctx.rank, ctx.world_size)
+    cfg = data.config  # every auto value resolved for this data (training.sizing)
     if ctx.is_main:  # only once the data loaded: a refused run leaves no directory behind
         run.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
