@@ -35,7 +35,9 @@ class DataConfig:
     identities_file: str | None = None
     #: fraction of identities held out for validation (``auto``: sized to the data set)
     val_fraction: float | Literal["auto"] = 0.1
-    min_images_per_identity: int = 2  #: identities with fewer images are dropped from training
+    #: identities with fewer images are left out of training (1: single-image people train
+    #: too, as K differently augmented copies of their one image)
+    min_images_per_identity: int = 2
     image_size: int = 64  #: model input is ``image_size x image_size``
     crop_fraction: float = 1.0  #: centre crop (fraction of the shorter side) before resizing
     #: ``[left, top, right, bottom]`` as fractions of width/height; replaces the centre crop
@@ -266,6 +268,7 @@ def _validate(cfg: Config) -> None:
         (cfg.sampler.p == AUTO or cfg.sampler.p >= 2,
          "sampler.p must be >= 2 (triplets need two identities) or auto"),
         (cfg.sampler.k >= 2, "sampler.k must be >= 2 (triplets need two images of an identity)"),
+        (cfg.data.min_images_per_identity >= 1, "data.min_images_per_identity must be >= 1"),
         (cfg.data.image_size >= 16, "data.image_size must be >= 16"),
         (cfg.data.image_size % 8 == 0,
          "data.image_size must be a multiple of 8 (the ResNet halves it stage by stage)"),

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,7 +55,9 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "batch_hard_soft": (["loss.mining=batch_hard", "loss.margin=null"],
                         "batch-hard mining, soft margin"),
     "margin_0.4": (["loss.margin=0.4"], "batch-all, margin 0.4"),
-    "size_80": (["data.image_size=80"], "80 px input"),
+    "singletons": (["data.min_images_per_identity=1"],
+                   "+ the 2,573 single-image DevTrain people (augmented copies as positives)"),
+    "size_80": (["data.image_size=80", "data.cache=runs/lfw-cache-80"], "80 px input"),
     "small_stem": (["model.stem=small"], "3x3/1 stem, no max-pool (4x the compute)"),
 }
 
@@ -120,9 +123,11 @@ def score_row(name: str, sets: list[str], seed: int, args: argparse.Namespace) -
         seconds = run(cmd, args.runs / f"{name}-s{seed}.train.log")
         timing.write_text(json.dumps({"minutes": seconds / 60, "load": os.getloadavg()}) + "\n")
     minutes = json.loads(timing.read_text())["minutes"]
+    cache = yaml.safe_load((out / "config.yaml").read_text())["data"]["cache"]
     run(FACETRIP + ["eval", str(args.lfw), "--model", str(out / "best.pt"), "--pairs",
                     str(devtest), "--calibrate-held-out", "--flip", "--no-report",
-                    "--out", str(out / "eval")], out / "eval.log")
+                    *(["--cache", cache] if cache else []), "--out", str(out / "eval")],
+        out / "eval.log")
     ver = json.loads((out / "eval" / "metrics.json").read_text())["verification"]
     folder = devtest_folder(args.lfw, devtest, args.runs / "devtest-people")
     run(FACETRIP + ["embed", str(folder), "--model", str(out / "best.pt"), "--out",

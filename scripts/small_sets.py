@@ -119,20 +119,20 @@ def run(cmd: list[str], log: Path) -> float:
 
 def score_set(where: Path, args: argparse.Namespace) -> dict:
     """Train the config on one set and score its test pairs with the baselines."""
-    out = where / "run"
+    out = where / args.name
     cmd = FACETRIP + ["train", "--config", str(args.config), "--set",
                       f"data.root={where / 'train'}", "--out", str(out), "--overwrite"]
     for item in args.set:
         cmd += ["--set", item]
-    seconds = run(cmd, where / "train.log")
+    seconds = run(cmd, out.with_suffix(".train.log"))
     load = os.getloadavg()
     run(FACETRIP + ["eval", str(where / "test"), "--model", str(out / "best.pt"), "--pairs",
                     str(where / "pairs.txt"), "--baseline", "pixels,eigenfaces",
-                    "--no-report", "--out", str(out / "eval")], where / "eval.log")
+                    "--no-report", "--out", str(out / "eval")], out.with_suffix(".eval.log"))
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     ver = metrics["verification"]
     base = {name: b["verification"]["accuracy"] for name, b in metrics["baselines"].items()}
-    notes = [line for line in (where / "train.log").read_text().splitlines()
+    notes = [line for line in out.with_suffix(".train.log").read_text().splitlines()
              if line.startswith("note:")]
     return {"set": where.name, "train_minutes": round(seconds / 60, 2), "load": load,
             "model": ver["accuracy"], "model_std": ver["accuracy_std"], "auc": ver["auc"],
@@ -165,12 +165,16 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra key=value override")
     parser.add_argument("--lfw", type=Path, default=LFW)
     parser.add_argument("--runs", type=Path, default=Path("runs/small-sets"))
+    parser.add_argument("--name", default="run", help="run folder inside each set's")
+    parser.add_argument("--only", type=int, nargs="*", help="score only these sets (0-based)")
     parser.add_argument("--out", type=Path, default=Path("bench_results/small_sets.json"))
     args = parser.parse_args()
     if not (args.lfw / "peopleDevTrain.txt").is_file():
         sys.exit(f"no LFW at {args.lfw} (--lfw)")
     results = []
-    for where in cut_sets(args):
+    for number, where in enumerate(cut_sets(args)):
+        if args.only and number not in args.only:
+            continue
         results.append(score_set(where, args))
         print(table(results[-1:]).splitlines()[2], flush=True)
     print(table(results))

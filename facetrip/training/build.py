@@ -171,14 +171,15 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
 def _training_identities(full: ImageFolderIndex, train_idx: ImageFolderIndex, cfg: Config,
                          world_size: int) -> tuple[ImageFolderIndex, dict[str, int]]:
     """``(the identities PK batches can draw from, identity -> usable images of those left
-    out)``: training identities with at least ``min_images_per_identity`` (and 2) images.
+    out)``: training identities with at least ``min_images_per_identity`` images (1: people
+    with a single image train too, their K slots filled with differently augmented copies).
 
     Raises:
         UserError: too few identities or images for one batch, or a ``sampler.p`` the
             processes cannot share.
     """
     d = cfg.data
-    min_images = max(2, d.min_images_per_identity)
+    min_images = d.min_images_per_identity
     kept = filter_min_images(train_idx, min_images)
     counts = train_idx.images_per_class()
     excluded = {c: int(n) for c, n in zip(train_idx.classes, counts, strict=True)
@@ -226,7 +227,7 @@ def run_identities(cfg: Config, full: ImageFolderIndex | None = None
     if full is None:
         full = scan_dataset(cfg.data.root)
     _, train_idx, val_idx = split_for_training(full, cfg)
-    kept = filter_min_images(train_idx, max(2, cfg.data.min_images_per_identity))
+    kept = filter_min_images(train_idx, cfg.data.min_images_per_identity)
     return kept, kept.classes + (val_idx.classes if val_idx is not None else [])
 
 

@@ -124,3 +124,18 @@ def test_init_from_starts_from_a_checkpoints_whole_network(tmp_path):
         build_model(load_config(None, [f"model.init_from={tmp_path / 'absent.pt'}"]))
     with pytest.raises(UserError, match="model.pretrained .* or model.init_from .*not both"):
         load_config(None, [f"model.init_from={path}", f"model.pretrained={path}"])
+
+
+def test_people_with_one_image_train_when_min_images_per_identity_is_1(tmp_path, tiny_config):
+    root = tmp_path / "data"
+    synthesize(root, identities=6, images_per_identity=1, size=24, seed=0, workers=1)
+    with pytest.raises(UserError, match="only 0 training identities have at least 2 images"):
+        load_data(tiny_config(root), CPU)
+    data = load_data(tiny_config(root, "data.min_images_per_identity=1"), CPU)
+    assert (data.train_identities, data.train_images, data.dropped_identities) == (6, 6, 0)
+    data.sampler.set_epoch(0)
+    images, labels = next(iter(data.train_loader))
+    assert labels.tolist()[0] == labels.tolist()[1] != labels.tolist()[2]  # K copies of one
+    assert not torch.equal(images[0], images[1])  # ... each augmented its own way
+    with pytest.raises(UserError, match="min_images_per_identity must be >= 1"):
+        tiny_config(root, "data.min_images_per_identity=0")
