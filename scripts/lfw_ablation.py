@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +35,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runner import FACETRIP, LFW, run  # noqa: E402
+
 from facetrip.metrics.pairs import read_pairs, resolve_pairs  # noqa: E402
 from facetrip.metrics.verification import verification_metrics  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-LFW = ROOT.parent / "shared" / "data" / "lfw"
-FACETRIP = [sys.executable, "-m", "facetrip"]
 
 #: name -> (--set overrides on top of configs/lfw.yaml, what the lever is)
 ROWS: dict[str, tuple[list[str], str]] = {
@@ -62,14 +58,6 @@ ROWS: dict[str, tuple[list[str], str]] = {
 }
 
 
-def run(cmd: list[str], log: Path) -> float:
-    """Run ``cmd`` with its output in ``log``; return its wall seconds; stop on failure."""
-    start = time.perf_counter()
-    with log.open("w") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    if code:
-        sys.exit(f"{' '.join(cmd)} exited {code}: see {log}")
-    return time.perf_counter() - start
 
 
 def devtest_folder(lfw: Path, pairs_file: Path, where: Path) -> Path:

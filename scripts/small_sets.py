@@ -27,17 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+from runner import FACETRIP, LFW, run
 
-ROOT = Path(__file__).resolve().parents[1]
-LFW = ROOT.parent / "shared" / "data" / "lfw"
-FACETRIP = [sys.executable, "-m", "facetrip"]
 FOLDS = 10
 MAX_IMAGES = 20
 
@@ -107,14 +103,6 @@ def cut_sets(args: argparse.Namespace) -> list[Path]:
     return sets
 
 
-def run(cmd: list[str], log: Path) -> float:
-    """Run ``cmd`` with its output in ``log``; its wall seconds; stop on failure."""
-    start = time.perf_counter()
-    with log.open("w") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    if code:
-        sys.exit(f"{' '.join(cmd)} exited {code}: see {log}")
-    return time.perf_counter() - start
 
 
 def score_set(where: Path, args: argparse.Namespace) -> dict:
