@@ -22,8 +22,6 @@ from facetrip.data.decode import display_path
 from facetrip.data.index import (
     ImageFolderIndex,
     filter_min_images,
-    read_identity_list,
-    restrict_identities,
     split_identities,
 )
 from facetrip.data.sampler import PKSampler, SeededBatchSampler
@@ -42,7 +40,7 @@ from facetrip.metrics.pairs import PairIndexList, generate_pairs
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
 from facetrip.training.checkpoint import load_checkpoint
 from facetrip.training.schedule import LRSchedule
-from facetrip.training.sizing import size_for_data
+from facetrip.training.sizing import run_index, size_for_data
 
 log = logging.getLogger(__name__)
 
@@ -211,11 +209,8 @@ def split_for_training(full: ImageFolderIndex, cfg: Config
                        ) -> tuple[ImageFolderIndex, ImageFolderIndex, ImageFolderIndex | None]:
     """``(dataset, train split, validation split or None)`` of a run: ``full`` restricted to
     ``data.identities_file`` (when set), then split by identity with ``seed``."""
-    d = cfg.data
-    if d.identities_file:
-        full = restrict_identities(full, read_identity_list(d.identities_file),
-                                   f"data.identities_file={d.identities_file}")
-    return (full, *split_identities(full, d.val_fraction, cfg.seed))
+    full = run_index(full, cfg)
+    return (full, *split_identities(full, cfg.data.val_fraction, cfg.seed))
 
 
 def run_identities(cfg: Config, full: ImageFolderIndex | None = None

@@ -56,6 +56,15 @@ def auto_batches_per_epoch(images: int, p: int, k: int) -> int:
     return max(MIN_STEPS, images // (p * k))
 
 
+def run_index(full: ImageFolderIndex, cfg: Config) -> ImageFolderIndex:
+    """``full`` restricted to ``data.identities_file`` (when set): what a run splits."""
+    d = cfg.data
+    if not d.identities_file:
+        return full
+    return restrict_identities(full, read_identity_list(d.identities_file),
+                               f"data.identities_file={d.identities_file}")
+
+
 def size_for_data(full: ImageFolderIndex, cfg: Config, world_size: int = 1
                   ) -> tuple[Config, str]:
     """``(cfg with every auto value resolved for full, note)``: ``full`` is the scanned data
@@ -64,19 +73,16 @@ def size_for_data(full: ImageFolderIndex, cfg: Config, world_size: int = 1
     d, s = cfg.data, cfg.sampler
     if AUTO not in (d.val_fraction, s.p, s.batches_per_epoch):
         return cfg, ""
-    min_images = max(2, d.min_images_per_identity)
-    index = full
-    if d.identities_file:
-        index = restrict_identities(full, read_identity_list(d.identities_file),
-                                    f"data.identities_file={d.identities_file}")
+    index = run_index(full, cfg)
     chosen = []
-    if d.val_fraction == AUTO:
-        people = len(filter_min_images(index, min_images).classes)
+    if d.val_fraction == AUTO:  # validation pairs need people with two images or more
+        pair_images = max(2, d.min_images_per_identity)
+        people = len(filter_min_images(index, pair_images).classes)
         d = dataclasses.replace(d, val_fraction=auto_val_fraction(people))
         chosen.append(f"data.val_fraction={d.val_fraction:.3g} (of {people} people with "
-                      f"{min_images}+ images)")
+                      f"{pair_images}+ images)")
     train_idx, _ = split_identities(index, d.val_fraction, cfg.seed)
-    kept = filter_min_images(train_idx, min_images)
+    kept = filter_min_images(train_idx, d.min_images_per_identity)  # what PK batches draw from
     if s.p == AUTO:
         s = dataclasses.replace(s, p=auto_p(kept, s.k, world_size))
     if s.batches_per_epoch == AUTO:
