@@ -91,6 +91,9 @@ class LossConfig:
 
     mining: Literal["semihard", "semihard_all", "batch_hard", "batch_all", "all"] = "semihard"
     margin: float | None = 0.2  #: ``null`` = soft margin, softplus(d_ap - d_an)
+    #: hold this share of the candidate triplets active: the margin grows (from
+    #: ``loss.margin``, never below it) while fewer are, see facetrip.loss.margin; null = fixed
+    margin_target: float | None = None
     distance: Literal["euclidean", "squared_euclidean", "cosine"] = "euclidean"
     #: with several processes: ``global`` mines each rank's anchors against the all-gathered
     #: global batch (the single-process loss, exactly); ``local`` within each rank's share
@@ -292,6 +295,13 @@ def _validate(cfg: Config) -> None:
         (cfg.loss.margin is None or cfg.loss.margin >= 0, "loss.margin must be >= 0 or null"),
         (cfg.loss.margin is not None or cfg.loss.mining != "semihard_all",
          "loss.mining=semihard_all needs a margin (its window is d_ap < d_an < d_ap + margin)"),
+        (cfg.loss.margin_target is None or 0 < cfg.loss.margin_target < 1,
+         "loss.margin_target must be in (0, 1) or null"),
+        (cfg.loss.margin_target is None or bool(cfg.loss.margin),
+         "loss.margin_target needs a margin > 0 to start from (the soft margin has none)"),
+        (cfg.loss.margin_target is None or cfg.loss.mining != "semihard_all",
+         "loss.margin_target does not apply to loss.mining=semihard_all (all its terms are "
+         "active)"),
         (cfg.loss.memory >= 0, "loss.memory must be >= 0 (0 = off)"),
         (cfg.loss.memory_start >= 0, "loss.memory_start must be >= 0"),
         (cfg.loss.classifier_weight >= 0, "loss.classifier_weight must be >= 0"),

@@ -51,6 +51,8 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "batch_hard_soft": (["loss.mining=batch_hard", "loss.margin=null"],
                         "batch-hard mining, soft margin"),
     "margin_0.4": (["loss.margin=0.4"], "batch-all, margin 0.4"),
+    "margin_target_0.1": (["loss.margin_target=0.1"],
+                          "a margin that grows from 0.2 to keep 10% of the triplets active"),
     "singletons": (["data.min_images_per_identity=1"],
                    "+ the 2,573 single-image DevTrain people (augmented copies as positives)"),
     "size_80": (["data.image_size=80", "data.cache=runs/lfw-cache-80"], "80 px input"),

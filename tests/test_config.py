@@ -30,6 +30,7 @@ def test_int_is_accepted_where_float_is_declared():
         ("loss.mining=hardest", "config key 'loss.mining'"),
         ("data=3", "config section 'data' must be a mapping"),
         ("sampler.k=1", "sampler.k must be >= 2"),
+        ("loss.margin_target=1.5", "loss.margin_target must be in (0, 1)"),
         ("novalue", "--set expects key=value"),
     ],
 )
@@ -37,6 +38,16 @@ def test_bad_keys_and_types_are_one_line_errors(override, fragment):
     with pytest.raises(UserError) as err:
         load_config(None, [override])
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("sets, fragment", [
+    (["loss.margin=null"], "needs a margin > 0"),
+    (["loss.margin=0"], "needs a margin > 0"),
+    (["loss.mining=semihard_all"], "does not apply to loss.mining=semihard_all"),
+])
+def test_an_adaptive_margin_needs_a_margin_to_adapt(sets, fragment):
+    with pytest.raises(UserError, match=fragment):
+        load_config(None, ["loss.margin_target=0.1", *sets])
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -172,6 +172,8 @@ class ConsoleHooks(TrainHooks):
                             desc=f"epoch {log.epoch + 1}", unit="img", smoothing=0.1)
         shown = {"loss": "skipped" if log.loss is None else f"{log.loss:.4f}",
                  "active": f"{log.stats.get('active_fraction', 0):.2f}"}
+        if "margin" in log.stats:  # loss.margin_target: the margin it has grown to
+            shown["margin"] = f"{log.stats['margin']:.3f}"
         if "cls_accuracy" in log.stats:  # loss.classifier: how well it names the identities
             shown["cls"] = f"{log.stats['cls_accuracy']:.2f}"
         self.bar.set_postfix(shown, refresh=False)

@@ -121,6 +121,7 @@ STAT_NAMES = (
     "frac_easy",
     "mean_pairwise_distance",
     "n_triplets",
+    "n_candidates",
 )
 
 
@@ -193,7 +194,8 @@ def triplet_loss_with_stats(
       out each anchor's distance to itself (``B R`` entries minus one per anchor found among
       the references); without references, the mean off-diagonal distance of the batch;
     * ``n_triplets``: number of terms the loss averaged (with references, every term belongs to
-      one anchor: see the module docstring for weighting ranks by it).
+      one anchor: see the module docstring for weighting ranks by it);
+    * ``n_candidates``: number of candidate terms ``active_fraction`` is a share of.
 
     Every statistic is 0.0 when there is no valid triplet.
 
@@ -567,4 +569,5 @@ def _stats(
         "frac_easy": easy,
         "mean_pairwise_distance": mean_distance,
         "n_triplets": float(terms.n_terms),
+        "n_candidates": float(terms.n_candidates),
     }

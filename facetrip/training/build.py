@@ -35,6 +35,7 @@ from facetrip.data.transforms import (
 from facetrip.errors import UserError
 from facetrip.loss import TripletLoss
 from facetrip.loss.classifier import IdentityClassifier
+from facetrip.loss.margin import AdaptiveMargin
 from facetrip.loss.memory import CrossBatchMemory
 from facetrip.metrics.pairs import PairIndexList, generate_pairs
 from facetrip.model import EmbeddingNet, ModelSpec, load_trunk_weights
@@ -404,6 +405,13 @@ def build_memory(cfg: Config) -> CrossBatchMemory | None:
     if not cfg.loss.memory:
         return None
     return CrossBatchMemory(cfg.loss.memory, cfg.model.embedding_dim, cfg.loss.memory_start)
+
+
+def build_margin(cfg: Config) -> AdaptiveMargin | None:
+    """The adaptive margin of ``loss.margin_target`` (None when the margin is fixed)."""
+    if cfg.loss.margin_target is None:
+        return None
+    return AdaptiveMargin(cfg.loss.margin, cfg.loss.margin_target)
 
 
 def build_loss(cfg: Config) -> TripletLoss:

@@ -33,7 +33,8 @@ from facetrip.version import __version__
 
 log = logging.getLogger(__name__)
 
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "classifier", "memory", "ema")
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "classifier", "memory", "margin",
+               "ema")
 """Keys a weights-only checkpoint (``best.pt``) leaves out."""
 
 

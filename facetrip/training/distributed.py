@@ -133,7 +133,8 @@ class GlobalTripletLoss(nn.Module):
     and the *gradient* of ``W (n_k / N) L_k``: through :class:`AllGather` and DDP's averaging
     over ``W`` ranks, the parameter gradient is the single-process gradient (see
     :mod:`facetrip.loss.triplet`, "Distributed training"). ``stats`` are this rank's, with
-    ``n_triplets`` the global count. All ranks must hold batches of the same size.
+    ``n_triplets``, ``n_candidates`` and ``active_fraction`` those of the global batch (so an
+    adaptive margin moves alike on every rank). All ranks must hold batches of the same size.
     """
 
     def __init__(self, loss: TripletLoss, memory: CrossBatchMemory | None = None) -> None:
@@ -156,14 +157,17 @@ class GlobalTripletLoss(nn.Module):
             self.memory.push(gathered, gathered_labels)
             stats = {**stats, "memory_size": float(used)}
         n_local = float(stats.get("n_triplets", 0.0))
-        totals = torch.tensor([n_local, n_local * float(local.detach())],
+        candidates = float(stats.get("n_candidates", 0.0))
+        totals = torch.tensor([n_local, n_local * float(local.detach()), candidates,
+                               round(candidates * float(stats.get("active_fraction", 0.0)))],
                               dtype=torch.float64, device=embeddings.device)
         dist.all_reduce(totals)
-        n_global, weighted = float(totals[0]), float(totals[1])
+        n_global, weighted, all_candidates, active = (float(t) for t in totals)
         share = n_local / n_global if n_global > 0 else 0.0
         scaled = local * (world * share)
         value = weighted / n_global if n_global > 0 else 0.0
-        stats = {**stats, "n_triplets": n_global}
+        stats = {**stats, "n_triplets": n_global, "n_candidates": all_candidates,
+                 "active_fraction": active / all_candidates if all_candidates > 0 else 0.0}
         # the global value for logging and the non-finite check; the scaled gradient
         return scaled + (scaled.new_tensor(value) - scaled).detach(), stats
 

@@ -18,8 +18,8 @@ from facetrip.io import atomic_write
 
 class TensorBoardScalars:
     """The rows of ``metrics.jsonl`` mirrored as TensorBoard scalars (``train.tensorboard``):
-    ``train/{loss, lr, images_per_s, active_fraction, mean_d_ap, mean_d_an}`` per step and
-    ``val/{accuracy, auc, eer}`` per epoch, against the global step. A resumed run passes its
+    ``train/{loss, lr, images_per_s, active_fraction, mean_d_ap, mean_d_an, margin}`` per
+    step and ``val/{accuracy, auc, eer}`` per epoch, against the global step. A resumed run passes its
     ``purge_step``: events the killed run logged after its checkpoint are dropped, as the
     metrics rows are.
 
@@ -27,7 +27,8 @@ class TensorBoardScalars:
         UserError: the ``tensorboard`` package is not installed.
     """
 
-    STEP_KEYS = ("loss", "lr", "images_per_s", "active_fraction", "mean_d_ap", "mean_d_an")
+    STEP_KEYS = ("loss", "lr", "images_per_s", "active_fraction", "mean_d_ap", "mean_d_an",
+                 "margin")
     VAL_KEYS = ("accuracy", "auc", "eer")
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:

@@ -35,6 +35,7 @@ class TrainState:
     #: the identity-classification head (``loss.classifier``; training only, not the network)
     classifier: nn.Module | None = None
     memory: nn.Module | None = None  #: the cross-batch memory (``loss.memory``; training only)
+    margin: nn.Module | None = None  #: the adaptive margin (``loss.margin_target``)
     #: the moving average of the weights (``train.ema``; a torch AveragedModel of the network)
     ema: nn.Module | None = None
 
@@ -67,7 +68,7 @@ class TrainState:
             state["scaler"] = self.scaler.state_dict()
         if self.schedule is not None:
             state["schedule"] = self.schedule.to_dict()
-        for name in ("classifier", "memory", "ema"):
+        for name in ("classifier", "memory", "margin", "ema"):
             if getattr(self, name) is not None:
                 state[name] = getattr(self, name).state_dict()
         return state
@@ -83,7 +84,7 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        for name in ("classifier", "memory", "ema"):
+        for name in ("classifier", "memory", "margin", "ema"):
             if getattr(self, name) is not None and name in state:
                 getattr(self, name).load_state_dict(state[name])
         self.epoch, self.batch, self.step = state["epoch"], state.get("batch", 0), state["step"]

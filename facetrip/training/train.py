@@ -23,12 +23,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from facetrip.config import Config, config_from_dict, resume_config, save_config
 from facetrip.errors import UserError
 from facetrip.loss.classifier import JointLoss
+from facetrip.loss.margin import AdaptiveMarginLoss
 from facetrip.loss.memory import MemoryTripletLoss
 from facetrip.metrics.bins import embed_bin, score_bin
 from facetrip.training.build import (
     TrainData,
     build_classifier,
     build_loss,
+    build_margin,
     build_memory,
     build_model,
     build_optimizer,
@@ -145,11 +147,13 @@ def prepare_run(
     if ctx.distributed:  # after loading: every rank starts from the same weights
         state.model = nn.parallel.DistributedDataParallel(
             state.model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = build_loss(cfg)
+    loss_fn = triplet = build_loss(cfg)
     if ctx.distributed and cfg.loss.scope == "global":
         loss_fn = GlobalTripletLoss(loss_fn, state.memory)
     elif state.memory is not None:
         loss_fn = MemoryTripletLoss(loss_fn, state.memory)
+    if state.margin is not None:
+        loss_fn = AdaptiveMarginLoss(loss_fn, triplet, state.margin)
     if state.classifier is not None:
         head = GlobalClassifierLoss(state.classifier) if ctx.distributed else state.classifier
         loss_fn = JointLoss(loss_fn, head, cfg.loss.classifier_weight)
@@ -171,12 +175,13 @@ def _build_state(cfg: Config, data: TrainData, device: torch.device,
     classifier, memory = build_classifier(cfg, data.train_identities), build_memory(cfg)
     classifier = classifier.to(device) if classifier is not None else None
     memory = memory.to(device) if memory is not None else None
+    margin = build_margin(cfg)  # stays on the CPU: a number read and written every step
     optimizer = build_optimizer(cfg, model, classifier)
     schedule = build_schedule(cfg, len(data.sampler), ckpt)
     state = TrainState(
         model, optimizer, build_scheduler(optimizer, schedule),
         torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None,
-        schedule=schedule, classifier=classifier, memory=memory,
+        schedule=schedule, classifier=classifier, memory=memory, margin=margin,
     )
     if cfg.train.ema is not None:
         state.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema),

@@ -106,6 +106,7 @@ def brute_force(
         frac_easy=easy / len(valid),
         mean_pairwise_distance=sum(not_self) / len(not_self),
         n_triplets=float(n_terms),
+        n_candidates=float(candidates),
     )
     return loss, stats
 

@@ -81,6 +81,7 @@ def reference(
         frac_easy=easy / len(valid),
         mean_pairwise_distance=sum(map(sum, d)) / (b * (b - 1)),
         n_triplets=float(n_terms),
+        n_candidates=float(candidates),
     )
     return loss, stats
 

@@ -92,7 +92,8 @@ def _one_step(rank: int, world: int, init_file: str, out: str) -> None:
         loss, stats = loss_fn(ddp(x[rows]), labels[rows])
         loss.backward()
         results[f"{mining}-{margin}"] = (float(loss), model.weight.grad.clone(),
-                                         model.bias.grad.clone(), stats["n_triplets"])
+                                         model.bias.grad.clone(), stats["n_triplets"],
+                                         stats["n_candidates"], stats["active_fraction"])
     x, labels, model = _global_batch()
     head = _head()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -118,9 +119,11 @@ def test_one_step_of_global_mining_equals_one_process_on_the_global_batch(tmp_pa
         x, labels, model = _global_batch()
         loss, stats = TripletLoss(mining=mining, margin=margin)(model(x), labels)
         loss.backward()
-        got_loss, w_grad, b_grad, n = results[f"{mining}-{margin}"]
+        got_loss, w_grad, b_grad, n, candidates, active = results[f"{mining}-{margin}"]
         assert got_loss == pytest.approx(float(loss.detach()), abs=1e-5), mining
-        assert n == stats["n_triplets"]
+        assert n == stats["n_triplets"] and candidates == stats["n_candidates"]
+        # the global active share: an adaptive margin moves alike on every rank
+        assert active == pytest.approx(stats["active_fraction"], abs=1e-12), mining
         assert torch.allclose(w_grad, model.weight.grad, atol=1e-5), mining
         assert torch.allclose(b_grad, model.bias.grad, atol=1e-5), mining
         assert model.weight.grad.abs().max() > 1e-6  # a gradient that could differ

@@ -196,10 +196,11 @@ def test_a_full_disk_keeps_the_previous_checkpoint(faces, tmp_path, monkeypatch)
     assert os.listdir(tmp_path / "run" / "checkpoints") == ["step-000000002.pt"]
 
 
-def test_resume_is_exact_with_the_classifier_head_the_memory_and_the_average_on(faces,
-                                                                                 tmp_path):
+def test_resume_is_exact_with_the_head_the_memory_the_margin_and_the_average_on(faces,
+                                                                                tmp_path):
     sets = RUN + [f"data.root={faces}", "loss.classifier=arcface", "loss.classifier_weight=0.5",
-                  "loss.memory=12", "loss.memory_start=2", "train.ema=0.9"]
+                  "loss.memory=12", "loss.memory_start=2", "loss.margin_target=0.9",
+                  "train.ema=0.9"]
     run_cli("train", *as_sets(sets), "--out", tmp_path / "ref")
     _train_and_kill(tmp_path / "run", 3, "after-step", sets)
     resumed = run_cli("train", *as_sets(sets), "--out", tmp_path / "run", "--resume")
@@ -210,9 +211,11 @@ def test_resume_is_exact_with_the_classifier_head_the_memory_and_the_average_on(
     rows = [r for r in steps if r["type"] == "step"]
     assert all("cls_loss" in r for r in rows)
     assert [r["memory_size"] for r in rows[:3]] == [0.0, 0.0, 8.0]  # 4 images a step, start 2
+    margins = [r["margin"] for r in rows]
+    assert margins[0] == 0.2 and len(set(margins)) > 3  # it moved, and the resume followed it
     a, b = (load_checkpoint(p / "last.pt") for p in (tmp_path / "run", tmp_path / "ref"))
-    for part in ("classifier", "memory", "ema"):
+    for part in ("classifier", "memory", "margin", "ema"):
         for key, value in b[part].items():
             assert torch.equal(a[part][key], value), (part, key)
     best = load_checkpoint(tmp_path / "ref" / "best.pt")
-    assert not {"classifier", "memory", "ema"} & set(best)  # training only
+    assert not {"classifier", "memory", "margin", "ema"} & set(best)  # training only
