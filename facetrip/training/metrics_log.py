@@ -19,8 +19,8 @@ from facetrip.io import atomic_write
 class TensorBoardScalars:
     """The rows of ``metrics.jsonl`` mirrored as TensorBoard scalars (``train.tensorboard``):
     ``train/{loss, lr, images_per_s, active_fraction, mean_d_ap, mean_d_an, margin}`` per
-    step and ``val/{accuracy, auc, eer}`` per epoch, against the global step. A resumed run passes its
-    ``purge_step``: events the killed run logged after its checkpoint are dropped, as the
+    step and ``val/{accuracy, auc, eer}`` per epoch, against the global step. A resumed run
+    passes its ``purge_step``: events the killed run logged after its checkpoint are dropped, as the
     metrics rows are.
 
     Raises:
