@@ -28,13 +28,12 @@ from facetrip.data.transforms import Preprocessing
 from facetrip.errors import UserError
 from facetrip.io import atomic_link, atomic_torch_save
 from facetrip.model import EmbeddingNet, ModelSpec
-from facetrip.training.state import TrainState
+from facetrip.training.state import TRAINING_PARTS, TrainState
 from facetrip.version import __version__
 
 log = logging.getLogger(__name__)
 
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "classifier", "memory", "margin",
-               "ema")
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", *TRAINING_PARTS)
 """Keys a weights-only checkpoint (``best.pt``) leaves out."""
 
 

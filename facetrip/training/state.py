@@ -15,6 +15,10 @@ from torch import nn
 from facetrip.model import EmbeddingNet
 from facetrip.training.schedule import LRSchedule
 
+#: the training-only parts of a state beside the network, saved for a resume but never in
+#: ``best.pt``: the identity head, the cross-batch memory, the adaptive margin, the EMA
+TRAINING_PARTS = ("classifier", "memory", "margin", "ema")
+
 
 @dataclass
 class TrainState:
@@ -68,7 +72,7 @@ class TrainState:
             state["scaler"] = self.scaler.state_dict()
         if self.schedule is not None:
             state["schedule"] = self.schedule.to_dict()
-        for name in ("classifier", "memory", "margin", "ema"):
+        for name in TRAINING_PARTS:
             if getattr(self, name) is not None:
                 state[name] = getattr(self, name).state_dict()
         return state
@@ -84,7 +88,7 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        for name in ("classifier", "memory", "margin", "ema"):
+        for name in TRAINING_PARTS:
             if getattr(self, name) is not None and name in state:
                 getattr(self, name).load_state_dict(state[name])
         self.epoch, self.batch, self.step = state["epoch"], state.get("batch", 0), state["step"]
