@@ -105,6 +105,10 @@ class LossConfig:
     classifier_scale: float = 30.0  #: s, the logits' scale
     #: m: null = the kind's usual one (softmax 0, cosface 0.35, arcface 0.5 radians)
     classifier_margin: float | None = None
+    #: the BNNeck (Luo et al. 2019): the triplet loss sees the head's output before its
+    #: BatchNorm (L2-normalised), the classifier the embedding after it (the deployed one);
+    #: false = both see the deployed embedding. Needs loss.classifier and model.head_bn
+    neck: bool = False
     #: cross-batch memory: mine against the last N embeddings too (0 = off)
     memory: int = 0
     memory_start: int = 0  #: steps before the memory is used (it fills from the first)
@@ -308,6 +312,11 @@ def _validate(cfg: Config) -> None:
         (cfg.loss.classifier_scale > 0, "loss.classifier_scale must be > 0"),
         (cfg.loss.classifier_margin is None or cfg.loss.classifier_margin >= 0,
          "loss.classifier_margin must be >= 0 or null"),
+        (not cfg.loss.neck or cfg.loss.classifier is not None,
+         "loss.neck needs loss.classifier (the neck puts the classifier after the head's "
+         "BatchNorm and the triplet loss before it)"),
+        (not cfg.loss.neck or cfg.model.head_bn,
+         "loss.neck needs model.head_bn=true (the BatchNorm it splits the losses around)"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0"),

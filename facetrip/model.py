@@ -52,10 +52,18 @@ class EmbeddingNet(nn.Module):
         self.embed = nn.Linear(features, spec.embedding_dim, bias=not spec.head_bn)
         self.bn = nn.BatchNorm1d(spec.embedding_dim) if spec.head_bn else nn.Identity()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` -> ``(B, D)`` float32 embeddings of unit L2 norm."""
-        x = self.bn(self.embed(self.trunk(images)))
-        return nn.functional.normalize(x.float(), dim=1)
+    def forward(self, images: torch.Tensor, neck: bool = False) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, D)`` float32 embeddings of unit L2 norm.
+
+        ``neck=True`` (training with ``loss.neck``) returns ``(B, 2D)``: the head's output
+        before its BatchNorm, L2-normalised, then the embedding as above. One tensor, not a
+        pair, so the module stays scriptable with one return type.
+        """
+        pre = self.embed(self.trunk(images))
+        out = nn.functional.normalize(self.bn(pre).float(), dim=1)
+        if neck:
+            return torch.cat([nn.functional.normalize(pre.float(), dim=1), out], dim=1)
+        return out
 
 
 def load_trunk_weights(model: EmbeddingNet, path: str | Path) -> tuple[list[str], list[str]]:

@@ -59,13 +59,17 @@ ROWS: dict[str, tuple[list[str], str]] = {
                      "+ normalised-softmax identity head (s 30), weight 0.1"),
     "memory_start258": (["loss.memory=2048", "loss.memory_start=258"],
                         "+ cross-batch memory of 2,048 from step 258 (epoch 7 of 12)"),
+    "cosface_neck": (["loss.classifier=cosface", "loss.neck=true"],
+                     "+ CosFace head (s 30, m 0.35), weight 1, after the head's BatchNorm, "
+                     "the triplet loss before it (BNNeck)"),
+    "softmax_w0.1_neck": (["loss.classifier=softmax", "loss.classifier_weight=0.1",
+                           "loss.neck=true"],
+                          "+ normalised-softmax head (s 30), weight 0.1, with the BNNeck"),
     "singletons": (["data.min_images_per_identity=1"],
                    "+ the 2,573 single-image DevTrain people (augmented copies as positives)"),
     "size_80": (["data.image_size=80", "data.cache=runs/lfw-cache-80"], "80 px input"),
     "small_stem": (["model.stem=small"], "3x3/1 stem, no max-pool (4x the compute)"),
 }
-
-
 
 
 def devtest_folder(lfw: Path, pairs_file: Path, where: Path) -> Path:

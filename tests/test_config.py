@@ -50,6 +50,16 @@ def test_an_adaptive_margin_needs_a_margin_to_adapt(sets, fragment):
         load_config(None, ["loss.margin_target=0.1", *sets])
 
 
+@pytest.mark.parametrize("sets, fragment", [
+    ([], "loss.neck needs loss.classifier"),
+    (["loss.classifier=softmax", "model.head_bn=false"], "loss.neck needs model.head_bn=true"),
+])
+def test_the_neck_needs_a_classifier_and_the_head_batchnorm(sets, fragment):
+    with pytest.raises(UserError, match=fragment):
+        load_config(None, ["loss.neck=true", *sets])
+    load_config(None, ["loss.neck=true", "loss.classifier=softmax"])
+
+
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_config(tmp_path / "absent.yaml")

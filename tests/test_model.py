@@ -17,6 +17,20 @@ def test_embeddings_have_unit_norm_and_the_spec_dimension(stem, size):
     assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
+def test_the_neck_output_is_the_normalised_pre_batchnorm_head_then_the_embedding():
+    torch.manual_seed(3)
+    model = EmbeddingNet(ModelSpec(embedding_dim=6))
+    images = torch.randn(4, 3, 32, 32)
+    for mode in (model.train, model.eval):  # train mode: the same batch statistics
+        mode()
+        both = model(images, neck=True)
+        assert both.shape == (4, 12)
+        head = model.embed(model.trunk(images))
+        torch.testing.assert_close(both[:, :6], head / head.norm(dim=1, keepdim=True))
+        torch.testing.assert_close(both[:, 6:], model(images))
+        assert not torch.allclose(both[:, :6], both[:, 6:], atol=1e-3)  # the BN moved it
+
+
 def test_unknown_arch_or_stem_is_refused():
     with pytest.raises(ValueError, match="unknown arch"):
         EmbeddingNet(ModelSpec(arch="vgg"))

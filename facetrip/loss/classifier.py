@@ -79,14 +79,21 @@ class IdentityClassifier(nn.Module):
 class JointLoss(nn.Module):
     """``triplet(embeddings, labels) + weight * classifier(embeddings, labels)``, with both
     losses' statistics in one dict (``loss`` stays the triplet loss's own stats plus the
-    classifier's ``cls_loss`` / ``cls_accuracy``)."""
+    classifier's ``cls_loss`` / ``cls_accuracy``).
 
-    def __init__(self, triplet: nn.Module, classifier: nn.Module, weight: float) -> None:
+    ``neck=True`` (``loss.neck``): ``embeddings`` is the ``(B, 2D)`` of
+    ``EmbeddingNet(images, neck=True)``; the triplet loss gets its first half (before the
+    head's BatchNorm), the classifier its second (the deployed embedding)."""
+
+    def __init__(self, triplet: nn.Module, classifier: nn.Module, weight: float,
+                 neck: bool = False) -> None:
         super().__init__()
         self.triplet, self.classifier, self.weight = triplet, classifier, float(weight)
+        self.neck = neck
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        triplet, stats = self.triplet(embeddings, labels)
-        identity, cls_stats = self.classifier(embeddings, labels)
+        before, after = embeddings.chunk(2, dim=1) if self.neck else (embeddings, embeddings)
+        triplet, stats = self.triplet(before, labels)
+        identity, cls_stats = self.classifier(after, labels)
         return triplet + self.weight * identity, {**stats, **cls_stats}

@@ -74,6 +74,8 @@ class StepOptions:
     autocast_dtype: torch.dtype | None = None  #: bf16 / fp16 autocast of the forward pass
     #: runs on ``device`` before the model, e.g. uint8 -> normalised float32 ``(B, 3, H, W)``
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    #: ``loss.neck``: the model returns ``(B, 2D)``, before and after its head's BatchNorm
+    neck: bool = False
 
 
 class TrainingDiverged(Exception):
@@ -166,7 +168,7 @@ def train_step(
         images = images.contiguous(memory_format=torch.channels_last)
     labels = labels.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        embeddings = model(images)
+        embeddings = model(images, neck=True) if options.neck else model(images)
     loss, stats = loss_fn(embeddings.float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss_value = float(loss.detach())

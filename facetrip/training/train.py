@@ -156,9 +156,9 @@ def prepare_run(
         loss_fn = AdaptiveMarginLoss(loss_fn, triplet, state.margin)
     if state.classifier is not None:
         head = GlobalClassifierLoss(state.classifier) if ctx.distributed else state.classifier
-        loss_fn = JointLoss(loss_fn, head, cfg.loss.classifier_weight)
+        loss_fn = JointLoss(loss_fn, head, cfg.loss.classifier_weight, cfg.loss.neck)
     options = StepOptions(device, cfg.train.channels_last, cfg.train.grad_clip, autocast_dtype,
-                          data.normalize)
+                          data.normalize, cfg.loss.neck)
     return PreparedRun(cfg, run, ctx, device, data, state, loss_fn, options, info, ckpt)
 
 

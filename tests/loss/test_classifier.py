@@ -81,3 +81,20 @@ def test_the_joint_loss_is_the_triplet_loss_plus_the_weighted_cross_entropy():
     assert stats == {**t_stats, **c_stats} and "cls_loss" in stats
     with pytest.raises(ValueError, match="unknown classifier"):
         IdentityClassifier(5, 4, "sphereface")
+
+
+def test_with_the_neck_the_triplet_loss_sees_the_first_half_and_the_head_the_second():
+    gen = torch.Generator().manual_seed(4)
+    before, after = torch.randn(8, 5, generator=gen), torch.randn(8, 5, generator=gen)
+    both = torch.cat([before, after], 1).requires_grad_()
+    labels = torch.arange(4).repeat_interleave(2)
+    triplet, head = TripletLoss(mining="batch_all"), IdentityClassifier(5, 4, "softmax")
+    joint, stats = JointLoss(triplet, head, 0.5, neck=True)(both, labels)
+    t, t_stats = triplet(before, labels)
+    c, c_stats = head(after, labels)
+    assert float(joint.detach()) == pytest.approx(float(t) + 0.5 * float(c.detach()), rel=1e-6)
+    assert stats == pytest.approx({**t_stats, **c_stats}, rel=1e-6)
+    joint.backward()  # each half's gradient is its own loss's
+    b, a = before.clone().requires_grad_(), after.clone().requires_grad_()
+    (triplet(b, labels)[0] + 0.5 * head(a, labels)[0]).backward()
+    torch.testing.assert_close(both.grad, torch.cat([b.grad, a.grad], 1))

@@ -196,11 +196,11 @@ def test_a_full_disk_keeps_the_previous_checkpoint(faces, tmp_path, monkeypatch)
     assert os.listdir(tmp_path / "run" / "checkpoints") == ["step-000000002.pt"]
 
 
-def test_resume_is_exact_with_the_head_the_memory_the_margin_and_the_average_on(faces,
-                                                                                tmp_path):
+def test_resume_is_exact_with_the_head_the_neck_the_memory_the_margin_and_the_average_on(
+        faces, tmp_path):
     sets = RUN + [f"data.root={faces}", "loss.classifier=arcface", "loss.classifier_weight=0.5",
                   "loss.memory=12", "loss.memory_start=2", "loss.margin_target=0.9",
-                  "train.ema=0.9"]
+                  "train.ema=0.9", "loss.neck=true"]
     run_cli("train", *as_sets(sets), "--out", tmp_path / "ref")
     _train_and_kill(tmp_path / "run", 3, "after-step", sets)
     resumed = run_cli("train", *as_sets(sets), "--out", tmp_path / "run", "--resume")
