@@ -47,14 +47,16 @@ def test_each_rank_gets_whole_identities_and_the_union_is_the_single_process_bat
         SeededBatchSampler(PKSampler(labels, 4, 3), rank=0, world_size=3)
 
 
-def _global_batch(seed: int = 0):
+def _global_batch(seed: int = 0, out: int = 5):
+    """16 inputs of 6 features in the PK layout (4 identities x 4) and a linear model to
+    ``out`` features (10 for the neck: the triplet loss's 5, then the head's 5)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(16, 6, generator=gen, dtype=torch.float64)
-    labels = torch.arange(4).repeat_interleave(4)  # PK layout: 4 identities x 4
-    model = torch.nn.Linear(6, 5).double()
+    labels = torch.arange(4).repeat_interleave(4)
+    model = torch.nn.Linear(6, out).double()
     with torch.no_grad():
-        model.weight.copy_(torch.randn(5, 6, generator=gen, dtype=torch.float64))
-        model.bias.copy_(torch.randn(5, generator=gen, dtype=torch.float64))
+        model.weight.copy_(torch.randn(out, 6, generator=gen, dtype=torch.float64))
+        model.bias.copy_(torch.randn(out, generator=gen, dtype=torch.float64))
     return x, labels, model
 
 
@@ -94,15 +96,17 @@ def _one_step(rank: int, world: int, init_file: str, out: str) -> None:
         results[f"{mining}-{margin}"] = (float(loss), model.weight.grad.clone(),
                                          model.bias.grad.clone(), stats["n_triplets"],
                                          stats["n_candidates"], stats["active_fraction"])
-    x, labels, model = _global_batch()
-    head = _head()
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
-    loss_fn = JointLoss(GlobalTripletLoss(TripletLoss(mining="batch_all")),
-                        GlobalClassifierLoss(head), 0.5)
-    loss, stats = loss_fn(ddp(x[rows]), labels[rows])
-    loss.backward()
-    results["classifier"] = (float(loss), model.weight.grad.clone(), model.bias.grad.clone(),
-                             head.weight.grad.clone(), stats["cls_loss"])
+    for neck in (False, True):
+        x, labels, model = _global_batch(out=10 if neck else 5)
+        head = _head()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        loss_fn = JointLoss(GlobalTripletLoss(TripletLoss(mining="batch_all")),
+                            GlobalClassifierLoss(head), 0.5, neck)
+        loss, stats = loss_fn(ddp(x[rows]), labels[rows])
+        loss.backward()
+        results[f"classifier-{neck}"] = (float(loss), model.weight.grad.clone(),
+                                         model.bias.grad.clone(), head.weight.grad.clone(),
+                                         stats["cls_loss"])
     results["memory"] = _memory_steps(
         lambda memory: GlobalTripletLoss(TripletLoss(mining="batch_all"), memory),
         lambda model: torch.nn.parallel.DistributedDataParallel(model), rows)
@@ -127,18 +131,21 @@ def test_one_step_of_global_mining_equals_one_process_on_the_global_batch(tmp_pa
         assert torch.allclose(w_grad, model.weight.grad, atol=1e-5), mining
         assert torch.allclose(b_grad, model.bias.grad, atol=1e-5), mining
         assert model.weight.grad.abs().max() > 1e-6  # a gradient that could differ
-    # the identity-classification head beside global mining: the same step as one process
-    x, labels, model = _global_batch()
-    head = _head()
-    loss, stats = JointLoss(TripletLoss(mining="batch_all"), head, 0.5)(model(x), labels)
-    loss.backward()
-    got_loss, w_grad, b_grad, head_grad, cls_loss = results["classifier"]
-    assert got_loss == pytest.approx(float(loss.detach()), abs=1e-9)
-    assert cls_loss == pytest.approx(stats["cls_loss"], abs=1e-9)
-    assert torch.allclose(w_grad, model.weight.grad, atol=1e-9)
-    assert torch.allclose(b_grad, model.bias.grad, atol=1e-9)
-    assert torch.allclose(head_grad, head.weight.grad, atol=1e-9)
-    assert head.weight.grad.abs().max() > 1e-6
+    # the identity-classification head beside global mining, without and with the neck
+    # (the triplet loss on the first 5 outputs, the head on the last 5): one process's step
+    for neck in (False, True):
+        x, labels, model = _global_batch(out=10 if neck else 5)
+        head = _head()
+        loss, stats = JointLoss(TripletLoss(mining="batch_all"), head, 0.5, neck)(model(x),
+                                                                                   labels)
+        loss.backward()
+        got_loss, w_grad, b_grad, head_grad, cls_loss = results[f"classifier-{neck}"]
+        assert got_loss == pytest.approx(float(loss.detach()), abs=1e-9)
+        assert cls_loss == pytest.approx(stats["cls_loss"], abs=1e-9)
+        assert torch.allclose(w_grad, model.weight.grad, atol=1e-9)
+        assert torch.allclose(b_grad, model.bias.grad, atol=1e-9)
+        assert torch.allclose(head_grad, head.weight.grad, atol=1e-9)
+        assert head.weight.grad.abs().max() > 1e-6
     # the cross-batch memory holds the global batches: its second step mines against the
     # first step's global batch on every rank, as one process does
     single = _memory_steps(lambda memory: MemoryTripletLoss(TripletLoss(mining="batch_all"),
