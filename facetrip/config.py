@@ -78,6 +78,9 @@ class ModelConfig:
     stem: Literal["imagenet", "small"] = "imagenet"
     embedding_dim: int = 128
     head_bn: bool = True  #: BatchNorm1d after the embedding Linear
+    #: average-pool the last feature map to a g x g grid and flatten it into the head: 1 is
+    #: the global average pool; 2 keeps where on the face each feature is (4x the head's input)
+    pool_grid: int = 1
     pretrained: str | None = None  #: local weights file for the trunk (never downloaded)
     #: refuse ``pretrained`` weights with missing or unexpected trunk keys (false: load the rest)
     pretrained_strict: bool = True
@@ -293,6 +296,7 @@ def _validate(cfg: Config) -> None:
         (all(s > 0 for s in cfg.data.std), "data.std values must be > 0"),
         (cfg.data.workers is None or cfg.data.workers >= 0, "data.workers must be >= 0 or null"),
         (cfg.model.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
+        (cfg.model.pool_grid >= 1, "model.pool_grid must be >= 1 (1 = global average pool)"),
         (not (cfg.model.pretrained and cfg.model.init_from),
          "set model.pretrained (trunk weights) or model.init_from (a facetrip checkpoint), "
          "not both"),

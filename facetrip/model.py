@@ -22,9 +22,15 @@ class ModelSpec:
     stem: str = "imagenet"
     embedding_dim: int = 128
     head_bn: bool = True
+    pool_grid: int = 1
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as plain values; ``pool_grid`` only when it is not 1, so the specs (and
+        fingerprints) of models without it stay as they were."""
+        d = asdict(self)
+        if self.pool_grid == 1:
+            del d["pool_grid"]
+        return d
 
 
 class EmbeddingNet(nn.Module):
@@ -32,7 +38,10 @@ class EmbeddingNet(nn.Module):
 
     The trunk is a torchvision ResNet trained from scratch (no weights are downloaded). The
     ``small`` stem replaces the 7x7/2 convolution and max-pool with one 3x3/1 convolution, so
-    64 px inputs keep enough spatial resolution; ``imagenet`` keeps the usual /4 stem.
+    64 px inputs keep enough spatial resolution; ``imagenet`` keeps the usual /4 stem. The
+    trunk's last feature map ``(B, C, h, w)`` is average-pooled to a ``pool_grid x pool_grid``
+    grid and flattened (``C * pool_grid**2`` features): 1 is the usual global average pool; 2
+    keeps where on the face each feature was seen, as face networks' flattening heads do.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -41,12 +50,15 @@ class EmbeddingNet(nn.Module):
             raise ValueError(f"unknown arch {spec.arch!r}; expected one of {ARCHS}")
         if spec.stem not in ("imagenet", "small"):
             raise ValueError(f"unknown stem {spec.stem!r}; expected 'imagenet' or 'small'")
+        if spec.pool_grid < 1:
+            raise ValueError(f"pool_grid must be at least 1, not {spec.pool_grid}")
         self.spec = spec
         trunk = getattr(torchvision.models, spec.arch)(weights=None)
         if spec.stem == "small":
             trunk.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             trunk.maxpool = nn.Identity()
-        features = trunk.fc.in_features
+        features = trunk.fc.in_features * spec.pool_grid**2
+        trunk.avgpool = nn.AdaptiveAvgPool2d(spec.pool_grid)
         trunk.fc = nn.Identity()
         self.trunk = trunk
         self.embed = nn.Linear(features, spec.embedding_dim, bias=not spec.head_bn)

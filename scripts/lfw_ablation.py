@@ -65,6 +65,8 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "softmax_w0.1_neck": (["loss.classifier=softmax", "loss.classifier_weight=0.1",
                            "loss.neck=true"],
                           "+ normalised-softmax head (s 30), weight 0.1, with the BNNeck"),
+    "pool_grid2": (["model.pool_grid=2"],
+                   "+ the last 2x2 feature map flattened into the head (no global average pool)"),
     "singletons": (["data.min_images_per_identity=1"],
                    "+ the 2,573 single-image DevTrain people (augmented copies as positives)"),
     "size_80": (["data.image_size=80", "data.cache=runs/lfw-cache-80"], "80 px input"),

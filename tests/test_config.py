@@ -31,6 +31,7 @@ def test_int_is_accepted_where_float_is_declared():
         ("data=3", "config section 'data' must be a mapping"),
         ("sampler.k=1", "sampler.k must be >= 2"),
         ("loss.margin_target=1.5", "loss.margin_target must be in (0, 1)"),
+        ("model.pool_grid=0", "model.pool_grid must be >= 1"),
         ("novalue", "--set expects key=value"),
     ],
 )

@@ -31,11 +31,36 @@ def test_the_neck_output_is_the_normalised_pre_batchnorm_head_then_the_embedding
         assert not torch.allclose(both[:, :6], both[:, 6:], atol=1e-3)  # the BN moved it
 
 
+def test_a_grid_pool_flattens_the_last_feature_map_cell_by_cell_into_the_head():
+    torch.manual_seed(2)
+    model = EmbeddingNet(ModelSpec(embedding_dim=6, pool_grid=2)).eval()
+    assert model.embed.in_features == 512 * 4
+    images = torch.randn(3, 3, 64, 64)
+    t = model.trunk
+    fmap = t.layer4(t.layer3(t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(images))))))))
+    assert fmap.shape == (3, 512, 2, 2)  # 64 px / 32: the 2x2 grid is the map itself
+    cells = torch.stack([fmap[:, c, i, j] for c in range(512) for i in range(2)
+                         for j in range(2)], dim=1)  # channel-major, then row, then column
+    head = model.bn(cells @ model.embed.weight.T)
+    torch.testing.assert_close(model(images), head / head.norm(dim=1, keepdim=True))
+    # a larger map is averaged down to 2x2: the top-left cell of a 4x4 map is its 2x2 corner
+    fmap4 = torch.randn(1, 512, 4, 4)
+    torch.testing.assert_close(t.avgpool(fmap4)[0, :, 0, 0], fmap4[0, :, :2, :2].mean((1, 2)))
+
+
+def test_the_default_spec_keeps_its_fields_and_a_grid_spec_names_its_own():
+    assert "pool_grid" not in ModelSpec().to_dict()  # the fingerprints of older models hold
+    spec = ModelSpec(pool_grid=2)
+    assert spec.to_dict()["pool_grid"] == 2 and ModelSpec(**spec.to_dict()) == spec
+
+
 def test_unknown_arch_or_stem_is_refused():
     with pytest.raises(ValueError, match="unknown arch"):
         EmbeddingNet(ModelSpec(arch="vgg"))
     with pytest.raises(ValueError, match="unknown stem"):
         EmbeddingNet(ModelSpec(stem="huge"))
+    with pytest.raises(ValueError, match="pool_grid"):
+        EmbeddingNet(ModelSpec(pool_grid=0))
 
 
 def test_trunk_weights_load_from_a_torchvision_state_dict(tmp_path):

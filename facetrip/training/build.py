@@ -306,7 +306,7 @@ def build_model(cfg: Config, initial: bool = True) -> EmbeddingNet:
             ``model.pretrained_strict`` is on (the default).
     """
     m = cfg.model
-    model = EmbeddingNet(ModelSpec(m.arch, m.stem, m.embedding_dim, m.head_bn))
+    model = EmbeddingNet(ModelSpec(m.arch, m.stem, m.embedding_dim, m.head_bn, m.pool_grid))
     if m.init_from and initial:
         init_from_checkpoint(model, m.init_from)
     if m.pretrained and initial:

@@ -16,12 +16,12 @@ from facetrip.training.checkpoint import save_checkpoint
 
 
 def random_checkpoint(path: Path, *overrides: str, dim: int = 8, seed: int = 0,
-                      root: str | Path = "no-such-dataset") -> Path:
+                      root: str | Path = "no-such-dataset", pool_grid: int = 1) -> Path:
     """A checkpoint of a randomly initialised ResNet-18 whose BatchNorm statistics are random
     too (so the eval-mode network is far from the identity), with a run config of
     ``data.root=root`` and ``overrides``."""
     torch.manual_seed(seed)
-    model = EmbeddingNet(ModelSpec(embedding_dim=dim))
+    model = EmbeddingNet(ModelSpec(embedding_dim=dim, pool_grid=pool_grid))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
             m.running_mean.uniform_(-0.2, 0.2)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import facetrip
 from facetrip.data.transforms import Normalize, Preprocess
@@ -184,3 +185,20 @@ def test_onnx_without_the_extra_names_it(tmp_path, monkeypatch):
     ckpt = random_checkpoint(tmp_path / "c.pt", *VARIANTS["full"])
     with pytest.raises(UserError, match=r"onnx extra.*pip install 'facetrip\[onnx\]'"):
         export_model(ckpt, tmp_path / "m.onnx", ExportOptions("onnx"))
+
+
+@pytest.mark.parametrize("fmt, suffix", [("torchscript", ".pt"), ("onnx", ".onnx"),
+                                         ("safetensors", ".safetensors")])
+def test_a_grid_pooled_head_exports_and_embeds_as_the_checkpoint(tmp_path, fmt, suffix):
+    # 64 px through the /32 trunk leaves a 2x2 map: the head reads all four cells
+    ckpt = random_checkpoint(tmp_path / "c.pt", "data.image_size=64", *NORM, pool_grid=2)
+    result = export_model(ckpt, tmp_path / f"m{suffix}", ExportOptions(fmt))
+    assert result.parity["max_abs_diff"] <= 1e-4
+    assert json.loads(result.sidecar.read_text())["model_spec"]["pool_grid"] == 2
+    files = []
+    for i, img in enumerate(_images([(64, 64)], n=2)[(64, 64)]):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(files[-1])
+    expected = load_embedder(ckpt).embed_files(files)
+    got = load_embedder(result.path).embed_files(files)
+    assert np.abs(got - expected).max() <= 1e-4
