@@ -49,8 +49,11 @@ class DataConfig:
     align_size: int = 112  #: side of the aligned crop (the 112-pixel template scaled to it)
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    #: flip, random resized crop (80-100% area), colour jitter, random erasing (per batch)
+    #: flip, random resized crop, colour jitter, random erasing (per batch)
     augment: bool = True
+    #: ``[min, max]`` share of the image's area the random resized crop keeps
+    augment_area: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    erase_p: float = 0.25  #: probability of random erasing (a 2-20% rectangle) per image
     #: DataLoader worker processes (0 = in the main process; null = CPU cores - 1, at most 8)
     workers: int | None = None
     #: decoded-image cache directory: built on first use, rebuilt when the dataset changes
@@ -296,6 +299,10 @@ def _validate(cfg: Config) -> None:
         (all(s > 0 for s in cfg.data.std), "data.std values must be > 0"),
         (cfg.data.workers is None or cfg.data.workers >= 0, "data.workers must be >= 0 or null"),
         (cfg.model.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
+        (len(cfg.data.augment_area) == 2
+         and 0 < cfg.data.augment_area[0] <= cfg.data.augment_area[1] <= 1,
+         "data.augment_area must be [min, max] with 0 < min <= max <= 1"),
+        (0 <= cfg.data.erase_p <= 1, "data.erase_p must be in [0, 1]"),
         (cfg.model.pool_grid >= 1, "model.pool_grid must be >= 1 (1 = global average pool)"),
         (not (cfg.model.pretrained and cfg.model.init_from),
          "set model.pretrained (trunk weights) or model.init_from (a facetrip checkpoint), "

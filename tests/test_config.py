@@ -32,6 +32,9 @@ def test_int_is_accepted_where_float_is_declared():
         ("sampler.k=1", "sampler.k must be >= 2"),
         ("loss.margin_target=1.5", "loss.margin_target must be in (0, 1)"),
         ("model.pool_grid=0", "model.pool_grid must be >= 1"),
+        ("data.augment_area=[0.5, 1.2]", "data.augment_area must be [min, max]"),
+        ("data.augment_area=[0.9, 0.5]", "data.augment_area must be [min, max]"),
+        ("data.erase_p=1.5", "data.erase_p must be in [0, 1]"),
         ("novalue", "--set expects key=value"),
     ],
 )

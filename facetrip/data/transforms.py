@@ -251,10 +251,12 @@ class Normalize(nn.Module):
 class BatchAugment(nn.Module):
     """Augment a batch: ``uint8 (B, 3, H, W)`` -> ``uint8 (B, 3, H, W)``.
 
-    Per image: random resized crop keeping 80-100% of the area with aspect ratio 0.9-1.1
+    Per image: random resized crop keeping ``area`` (default 80-100%) of the image with aspect
+    ratio 0.9-1.1
     (``transforms.v2`` ``resized_crop`` on the uint8 image, its fast path), horizontal flip
     (p=0.5), brightness and contrast x[0.8, 1.2] and saturation x[0.9, 1.1] (hue is left
-    alone: skin and hair colour are identity cues), then random erasing (p=0.25) of a 2-20%
+    alone: skin and hair colour are identity cues), then random erasing (probability
+    ``erase_p``, default 0.25) of a 2-20%
     rectangle filled with ``fill`` (the normalisation mean, so it becomes 0). The three colour
     changes are linear, so they are applied together as one 3x3 colour matrix per image for
     the whole batch (one clamp at the end instead of one per step).
@@ -264,14 +266,16 @@ class BatchAugment(nn.Module):
     never depends on which worker ran it.
     """
 
-    SCALE = (0.8, 1.0)
     RATIO = (0.9, 1.1)
     JITTER = (0.2, 0.2, 0.1)  # brightness, contrast, saturation
-    ERASE_P, ERASE_AREA, ERASE_RATIO = 0.25, (0.02, 0.2), (0.3, 3.3)
+    ERASE_AREA, ERASE_RATIO = (0.02, 0.2), (0.3, 3.3)
 
-    def __init__(self, fill: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
+    def __init__(self, fill: Sequence[float] = (0.5, 0.5, 0.5),
+                 area: Sequence[float] = (0.8, 1.0), erase_p: float = 0.25) -> None:
         super().__init__()
         self.fill = torch.tensor(list(fill), dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.area = (float(area[0]), float(area[1]))
+        self.erase_p = float(erase_p)
 
     def forward(self, images: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -295,7 +299,7 @@ class BatchAugment(nn.Module):
 
     def _crop_flip(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         n, _, height, width = images.shape
-        h, w = self._box(u[:, 0], u[:, 1], self.SCALE, self.RATIO, height, width)
+        h, w = self._box(u[:, 0], u[:, 1], self.area, self.RATIO, height, width)
         top = (u[:, 2] * (height - h + 1)).floor().clamp(max=height - h)
         left = (u[:, 3] * (width - w + 1)).floor().clamp(max=width - w)
         out = torch.empty_like(images)
@@ -327,7 +331,7 @@ class BatchAugment(nn.Module):
         left = (u[:, 4] * (width - ew + 1)).floor().clamp(max=width - ew)
         fill = self.fill.add(0.5).to(torch.uint8).view(3, 1, 1).to(x.device)
         boxes = torch.stack([top, left, eh, ew], 1).long().tolist()
-        chosen = (u[:, 0] < self.ERASE_P).tolist()
+        chosen = (u[:, 0] < self.erase_p).tolist()
         for i, ((t, lf, h, w), erase) in enumerate(zip(boxes, chosen, strict=True)):
             if erase:
                 x[i, :, t : t + h, lf : lf + w] = fill

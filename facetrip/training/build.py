@@ -152,7 +152,8 @@ def load_data(cfg: Config, device: torch.device, rank: int = 0, world_size: int 
 
     train_loader = torch.utils.data.DataLoader(
         SeededItems(dataset(kept)), batch_sampler=sampler,
-        collate_fn=AugmentCollate(BatchAugment(d.mean) if d.augment else None), **common,
+        collate_fn=AugmentCollate(
+            BatchAugment(d.mean, d.augment_area, d.erase_p) if d.augment else None), **common,
     )
     val_loader = None
     if val_idx is not None and rank == 0:

@@ -155,6 +155,22 @@ def test_batch_augment_is_a_function_of_its_seed_and_normalize_is_exact():
     assert kept.min() >= 159 and kept.max() <= 241 and kept.std() > 5  # brightness x0.8-1.2
 
 
+def test_the_crop_area_and_the_erasing_probability_are_what_the_config_asks():
+    aug = BatchAugment([0.5] * 3, area=(0.3, 0.5), erase_p=0.0)
+    u = torch.rand(2000, 2, generator=torch.Generator().manual_seed(0))
+    h, w = aug._box(u[:, 0], u[:, 1], aug.area, aug.RATIO, 64, 64)
+    share = h * w / 64**2
+    assert share.min() > 0.28 and share.max() < 0.52 and share.max() - share.min() > 0.15
+    flat = torch.full((64, 3, 16, 16), 200, dtype=torch.uint8)
+    fill = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+
+    def erased_share(erase_p: float) -> float:
+        out = BatchAugment([0.0, 0.5, 1.0], erase_p=erase_p)(flat, seed=1)
+        return (out == fill).all(1).flatten(1).any(1).float().mean().item()
+
+    assert erased_share(0.0) == 0.0 and erased_share(1.0) == 1.0
+
+
 def test_augmented_batches_depend_only_on_seed_and_epoch_also_with_workers(tmp_path,
                                                                           tiny_config):
     for i in range(3):
