@@ -106,7 +106,7 @@ def test_loadable_files_decode_to_the_right_rgb_pixels(bad_dataset):
     a = bad_dataset / "alice"
 
     def pil(name):
-        return torch.from_numpy(np.asarray(Image.open(a / name).convert("RGB"))).permute(2, 0, 1)
+        return torch.from_numpy(np.array(Image.open(a / name).convert("RGB"))).permute(2, 0, 1)
 
     for name in ("good.png", "rgba.png", "palette.png"):  # lossless: exactly Pillow's RGB
         assert torch.equal(decode_rgb(a / name), pil(name)), name
@@ -119,7 +119,7 @@ def test_loadable_files_decode_to_the_right_rgb_pixels(bad_dataset):
     rotated = decode_rgb(a / "exif.jpg")
     upright = ImageOps.exif_transpose(Image.open(a / "exif.jpg")).convert("RGB")
     assert rotated.shape == (3, 40, 30) and upright.size == (30, 40)
-    diff = rotated.int() - torch.from_numpy(np.asarray(upright)).permute(2, 0, 1).int()
+    diff = rotated.int() - torch.from_numpy(np.array(upright)).permute(2, 0, 1).int()
     assert diff.abs().float().mean() < 1.0
 
 
