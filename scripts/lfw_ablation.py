@@ -71,6 +71,8 @@ ROWS: dict[str, tuple[list[str], str]] = {
                   "+ random erasing at p 0.5 (Bag of Tricks) instead of 0.25"),
     "area_0.6": (["data.augment_area=[0.6, 1.0]"],
                  "+ random resized crops of 60-100% of the area instead of 80-100%"),
+    "wd_0.05": (["optim.weight_decay=0.05"],
+                "+ AdamW weight decay 0.05 instead of 5e-4 (decoupled: 5e-4 barely decays)"),
     "singletons": (["data.min_images_per_identity=1"],
                    "+ the 2,573 single-image DevTrain people (augmented copies as positives)"),
     "size_80": (["data.image_size=80", "data.cache=runs/lfw-cache-80"], "80 px input"),
