@@ -252,12 +252,11 @@ class BatchAugment(nn.Module):
     """Augment a batch: ``uint8 (B, 3, H, W)`` -> ``uint8 (B, 3, H, W)``.
 
     Per image: random resized crop keeping ``area`` (default 80-100%) of the image with aspect
-    ratio 0.9-1.1
-    (``transforms.v2`` ``resized_crop`` on the uint8 image, its fast path), horizontal flip
-    (p=0.5), brightness and contrast x[0.8, 1.2] and saturation x[0.9, 1.1] (hue is left
-    alone: skin and hair colour are identity cues), then random erasing (probability
-    ``erase_p``, default 0.25) of a 2-20%
-    rectangle filled with ``fill`` (the normalisation mean, so it becomes 0). The three colour
+    ratio 0.9-1.1 (``transforms.v2`` ``resized_crop`` on the uint8 image, its fast path),
+    horizontal flip (p=0.5), brightness and contrast x[0.8, 1.2] and saturation x[0.9, 1.1]
+    (hue is left alone: skin and hair colour are identity cues), then random erasing
+    (probability ``erase_p``, default 0.25) of a 2-20% rectangle filled with ``fill`` (the
+    normalisation mean, so it becomes 0). The three colour
     changes are linear, so they are applied together as one 3x3 colour matrix per image for
     the whole batch (one clamp at the end instead of one per step).
 

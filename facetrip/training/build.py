@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -336,10 +336,10 @@ def init_from_checkpoint(model: EmbeddingNet, path: str) -> None:
             differing ``model`` keys are named).
     """
     ckpt = load_checkpoint(path)
-    theirs = ckpt["model_spec"]
-    ours = model.spec.to_dict()
-    differ = [f"model.{k}={theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
-              if theirs.get(k) != v]
+    # whole specs, defaults filled in: to_dict leaves out the fields at their old defaults
+    theirs = asdict(ModelSpec(**ckpt["model_spec"]))
+    differ = [f"model.{k}={theirs[k]!r} there, {v!r} here"
+              for k, v in asdict(model.spec).items() if theirs[k] != v]
     if differ:
         raise UserError(f"model.init_from={path} holds another network: " + "; ".join(differ))
     model.load_state_dict(ckpt["model"])

@@ -120,6 +120,17 @@ def test_init_from_starts_from_a_checkpoints_whole_network(tmp_path):
     with pytest.raises(UserError, match=r"^model.init_from=.* holds another network: "
                                         r"model.embedding_dim=8 there, 16 here$"):
         build_model(load_config(None, ["model.embedding_dim=16", f"model.init_from={path}"]))
+    with pytest.raises(UserError, match=r"holds another network: "
+                                        r"model.pool_grid=1 there, 2 here$"):
+        build_model(load_config(None, ["model.embedding_dim=8", "model.pool_grid=2",
+                                       f"model.init_from={path}"]))
+    gridded = tmp_path / "grid.pt"  # the spec leaves pool_grid out at 1, not the check
+    grid_cfg = load_config(None, ["model.embedding_dim=8", "model.pool_grid=2"])
+    atomic_torch_save({"config": config_to_dict(grid_cfg), "model_spec":
+                       build_model(grid_cfg).spec.to_dict(), "model": {}}, gridded)
+    with pytest.raises(UserError, match=r"holds another network: "
+                                        r"model.pool_grid=2 there, 1 here$"):
+        build_model(load_config(None, ["model.embedding_dim=8", f"model.init_from={gridded}"]))
     with pytest.raises(UserError, match="checkpoint not found"):
         build_model(load_config(None, [f"model.init_from={tmp_path / 'absent.pt'}"]))
     with pytest.raises(UserError, match="model.pretrained .* or model.init_from .*not both"):
